@@ -1,0 +1,52 @@
+# batchrun: every target makes its own virtualenv (.venv) first; nothing else to set up.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+OUT := out
+
+.PHONY: install lint fmt test unit e2e demo crash-test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+fmt: install
+	$(BIN)/ruff format batchrun tests benchmarks
+	$(BIN)/ruff check --fix batchrun tests benchmarks
+
+lint: install
+	$(BIN)/ruff format --check batchrun tests benchmarks
+	$(BIN)/ruff check batchrun tests benchmarks
+	$(BIN)/mypy
+
+# The README's test command: lint, then every test (units, end-to-end, short crash test).
+test: lint
+	$(BIN)/pytest -q
+
+unit: install
+	$(BIN)/pytest -q -m "not slow"
+
+# A real job against the built-in local endpoint: no key, no network.
+demo: install
+	@mkdir -p $(OUT) && rm -f $(OUT)/demo.url
+	@$(BIN)/batchrun mock-server --port 0 --ready-file $(OUT)/demo.url \
+	    --latency 0.3 --latency-jitter 0.7 --p202 0.25 --p500 0.05 --p-drop 0.02 --seed 7 \
+	    2>$(OUT)/demo-server.log & pid=$$!; \
+	trap "kill $$pid 2>/dev/null" EXIT; \
+	for i in $$(seq 100); do test -s $(OUT)/demo.url && break; sleep 0.1; done; \
+	test -s $(OUT)/demo.url || { echo "mock server did not start"; cat $(OUT)/demo-server.log; exit 1; }; \
+	$(BIN)/batchrun run samples/prompts.jsonl -c configs/local.toml \
+	    --base-url "$$(cat $(OUT)/demo.url)" -o $(OUT)/demo.parquet --fresh && \
+	$(BIN)/batchrun status $(OUT)/demo.parquet && \
+	$(BIN)/python -c "import pandas as pd; df = pd.read_parquet('$(OUT)/demo.parquet'); \
+	    df['content'] = df['content'].str.replace(chr(10), ' ').str.slice(-48); \
+	    print(df[['id', 'status', 'content', 'total_tokens', 'attempts']].head(8).to_string())"
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache *.egg-info

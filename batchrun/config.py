@@ -1,0 +1,403 @@
+"""Run settings: defaults, the TOML config file, CLI overrides, validation, fingerprint.
+
+Precedence is CLI flag > config file > the defaults below. Every `run` option has the same
+name as a config key (dashes become underscores); request body fields go under `[params]`.
+This module is pure: it reads the config file and nothing else, and it never reads the API
+key (see `read_api_key`, the one place that does, which returns it without storing it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import AuthError, ConfigError
+
+NVIDIA_BASE_URL = "https://integrate.api.nvidia.com/v1"
+NVIDIA_MODEL = "qwen/qwen3.5-397b-a17b"
+DEFAULT_STATUS_URL = "{base_url}/status/{request_id}"
+# PROTOCOL.md decision 1: where polls go once `{base_url}/status` proves not to exist.
+NVCF_STATUS_URL = "https://api.nvcf.nvidia.com/v2/nvcf/pexec/status/{request_id}"
+
+# Request body defaults from the API reference for qwen/qwen3.5-397b-a17b.
+BODY_DEFAULTS: dict[str, Any] = {
+    "max_tokens": 16384,
+    "temperature": 0.60,
+    "top_p": 0.95,
+    "top_k": 20,
+    "presence_penalty": 0,
+    "repetition_penalty": 1,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs, validated. Field names are the config keys."""
+
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+    base_url: str = NVIDIA_BASE_URL
+    model: str = NVIDIA_MODEL
+    api_key_env: str = "NVIDIA_API_KEY"
+    rpm: int = 40
+    tpm: int | None = None
+    concurrency: int = 16
+    max_attempts: int = 6
+    timeout: float = 600.0
+    hold_seconds: int = 30
+    max_pending: int = 256
+    status_url: str = DEFAULT_STATUS_URL
+    status_url_fallback: str = NVCF_STATUS_URL
+    stream: bool = False
+    thinking: bool = True
+    params: Mapping[str, Any] = field(default_factory=dict)
+    drop_params: tuple[str, ...] = ()
+    checkpoint: str | None = None
+    fresh: bool = False
+    retry_failed: bool = False
+    limit: int | None = None
+    dry_run: bool = False
+    progress: bool | None = None
+    grace: float = 30.0
+    allow_insecure_http: bool = False
+    # Tuning knobs, config-file only (documented in configs/local.toml).
+    min_poll_interval: float = 1.0
+    max_pause: float = 900.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.checkpoint:
+            return Path(self.checkpoint)
+        return Path(self.output + ".checkpoint.sqlite")
+
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    def body_template(self) -> dict[str, Any]:
+        """The request body every row starts from (row fields are merged over it).
+
+        A `params` value of None (`-p top_k=null`), or a name in `drop_params`, removes
+        that field, for servers that reject NVIDIA's sampling fields.
+        """
+        body: dict[str, Any] = {"model": self.model, **BODY_DEFAULTS}
+        body["chat_template_kwargs"] = {"enable_thinking": self.thinking}
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        for key, value in self.params.items():
+            if value is None:
+                body.pop(key, None)
+            elif isinstance(value, dict) and isinstance(body.get(key), dict):
+                body[key] = {**body[key], **value}
+            else:
+                body[key] = value
+        for key in self.drop_params:
+            body.pop(key, None)
+        return body
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as plain data for the checkpoint and logs (never holds the key)."""
+        data = dataclasses.asdict(self)
+        data["params"] = dict(self.params)
+        data["inputs"] = list(self.inputs)
+        data["drop_params"] = list(self.drop_params)
+        return data
+
+    def identity(self, input_digests: list[str]) -> dict[str, Any]:
+        """What the work is: inputs plus every setting that changes what is sent."""
+        return {
+            "inputs": input_digests,
+            "base_url": self.base_url.rstrip("/"),
+            "body": self.body_template(),
+            "limit": self.limit,
+        }
+
+
+def fingerprint(identity: Mapping[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Names of what differs between two identities, e.g. ['inputs', 'body.temperature']."""
+    changed: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            changed.append(key)
+    return changed
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _optional_positive_int(key: str, value: Any) -> int | None:
+    if value is None or value == 0:
+        return None
+    return _positive_int(key, value)
+
+
+def _positive_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{key} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _non_negative_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _optional_bool(key: str, value: Any) -> bool | None:
+    return None if value is None else _bool(key, value)
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_string(key: str, value: Any) -> str | None:
+    return None if value is None else _string(key, value)
+
+
+def _http_url(key: str, value: Any) -> str:
+    url = _string(key, value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key} must be an http:// or https:// URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def _status_template(key: str, value: Any) -> str:
+    template = _string(key, value)
+    if "{request_id}" not in template:
+        raise ConfigError(f"{key} must contain {{request_id}}, got {template!r}")
+    try:
+        filled = template.format(base_url="http://x", origin="http://x", request_id="id")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"{key}: only {{base_url}}, {{origin}} and {{request_id}} may be used, got {template!r}"
+        ) from exc
+    _http_url(key, filled)
+    return template
+
+
+def _hold(key: str, value: Any) -> int:
+    # NVCF rejects NVCF-POLL-SECONDS above 3600 with a 400 (PROTOCOL.md 2.1).
+    if not _is_int(value) or not 1 <= value <= 3600:
+        raise ConfigError(f"{key} must be a whole number of seconds from 1 to 3600, got {value!r}")
+    return int(value)
+
+
+def _rpm(key: str, value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise ConfigError(
+            f"{key} must be a whole number of requests per minute >= 1, got {value!r}"
+        )
+    return int(value)
+
+
+def _inputs(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"{key} must be a list of paths, got {value!r}")
+    return tuple(_string(key, v) for v in value)
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key} must be a list of field names, got {value!r}")
+    if "model" in value or "messages" in value:
+        raise ConfigError(f"{key} cannot drop model or messages")
+    return tuple(value)
+
+
+def _params(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a table of request body fields, got {value!r}")
+    for name in value:
+        if name in ("messages",):
+            raise ConfigError(
+                f"{key}.{name} cannot be set for the whole job; it comes from each row"
+            )
+    return dict(value)
+
+
+_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
+    "inputs": _inputs,
+    "output": _string,
+    "base_url": _http_url,
+    "model": _string,
+    "api_key_env": _string,
+    "rpm": _rpm,
+    "tpm": _optional_positive_int,
+    "concurrency": _positive_int,
+    "max_attempts": _positive_int,
+    "timeout": _positive_float,
+    "hold_seconds": _hold,
+    "max_pending": _positive_int,
+    "status_url": _status_template,
+    "status_url_fallback": _status_template,
+    "stream": _bool,
+    "thinking": _bool,
+    "params": _params,
+    "drop_params": _names,
+    "checkpoint": _optional_string,
+    "fresh": _bool,
+    "retry_failed": _bool,
+    "limit": _optional_positive_int,
+    "dry_run": _bool,
+    "progress": _optional_bool,
+    "grace": _non_negative_float,
+    "allow_insecure_http": _bool,
+    "min_poll_interval": _non_negative_float,
+    "max_pause": _non_negative_float,
+    "backoff_base": _non_negative_float,
+    "backoff_max": _non_negative_float,
+}
+CONFIG_KEYS = frozenset(_VALIDATORS)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; syntax errors and unknown keys name the file and the key."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    for key in data:
+        if key not in CONFIG_KEYS:
+            raise ConfigError(f"{path}: unknown key {key!r}{_did_you_mean(key)}")
+    return data
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key.replace("-", "_"), sorted(CONFIG_KEYS), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def build_config(
+    file_values: Mapping[str, Any] | None = None,
+    cli_values: Mapping[str, Any] | None = None,
+    *,
+    source: str = "config",
+) -> RunConfig:
+    """Merge defaults < config file < CLI (None on the CLI means "not given") and validate."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for values, where in ((file_values or {}, source), (cli_values or {}, "command line")):
+        for key, value in values.items():
+            if key not in CONFIG_KEYS:
+                raise ConfigError(f"{where}: unknown setting {key!r}{_did_you_mean(key)}")
+            if where == "command line" and value is None:
+                continue
+            if key == "params" and "params" in merged:
+                value = {**merged["params"], **value}
+            merged[key] = value
+            origin[key] = where
+    checked: dict[str, Any] = {}
+    for key, value in merged.items():
+        label = key if origin[key] == "command line" else f"{origin[key]}: {key}"
+        checked[key] = _VALIDATORS[key](label, value)
+    cfg = RunConfig(**checked)
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: RunConfig) -> None:
+    if cfg.backoff_max < cfg.backoff_base:
+        raise ConfigError("backoff_max must be >= backoff_base")
+    if "model" in cfg.params:
+        raise ConfigError("params.model: set the model with --model / model = ...")
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`-p KEY=VALUE`: VALUE is parsed as JSON when it parses, else kept as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--param expects KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+# ---------------------------------------------------------------- the key and its transport
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_key(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The key from `cfg.api_key_env`, or None where a keyless local endpoint is fine.
+
+    Raises AuthError for NVIDIA's hosts without a key, and ConfigError when the key would
+    travel over plain http to a host that is not loopback.
+    """
+    env = os.environ if environ is None else environ
+    key = env.get(cfg.api_key_env) or None
+    host = urlsplit(cfg.base_url).hostname or ""
+    if key is None:
+        if host.endswith("nvidia.com"):
+            raise AuthError(
+                f"no API key: set the environment variable {cfg.api_key_env} "
+                f"(or name another one with --api-key-env)"
+            )
+        return None
+    insecure = urlsplit(cfg.base_url).scheme == "http" and not is_loopback(cfg.base_url)
+    if insecure and not cfg.allow_insecure_http:
+        raise ConfigError(
+            f"refusing to send the key in {cfg.api_key_env} over plain http to {host}; "
+            "use https, or pass --allow-insecure-http if this network is trusted"
+        )
+    return key

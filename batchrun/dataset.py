@@ -1,0 +1,167 @@
+"""Input files -> a stream of raw rows, each with its location (file:line).
+
+Owns everything about reading inputs: expanding directories, JSONL / JSONL.gz / Parquet,
+line numbers, and the content digest the checkpoint fingerprint is built from. It does not
+judge rows (payloads.py does); a line that is not JSON becomes a SourceRow with `error`.
+Memory stays flat: JSONL is read line by line, Parquet in record batches.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+import pyarrow.parquet as pq
+
+from .errors import ConfigError
+
+SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
+# A line this long cannot become a request (NVCF rejects bodies over 5 MB; the gateway
+# over 25 MB), so reading it whole would only risk memory.
+MAX_LINE_BYTES = 32 * 1024 * 1024
+PARQUET_BATCH_ROWS = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    path: Path
+    name: str  # how the file is named in locations and derived ids
+
+    @property
+    def kind(self) -> str:
+        return "parquet" if self.path.name.endswith(".parquet") else "jsonl"
+
+
+@dataclass(slots=True)
+class SourceRow:
+    """One input row before validation. `data` is None when `error` says why."""
+
+    loc: str
+    data: dict[str, Any] | None
+    error: str | None = None
+
+
+def _supported(path: Path) -> bool:
+    return path.name.endswith(SUFFIXES) and not path.name.startswith(".")
+
+
+def expand_inputs(paths: tuple[str, ...] | list[str]) -> list[InputFile]:
+    """Files as given, directories expanded (recursively, sorted) to their supported files."""
+    files: list[InputFile] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _supported(p))
+            if not found:
+                raise ConfigError(f"{path}: no {', '.join(SUFFIXES)} files in this directory")
+            files.extend(InputFile(p, p.relative_to(path).as_posix()) for p in found)
+        elif path.is_file():
+            if not path.name.endswith(SUFFIXES):
+                raise ConfigError(
+                    f"{path}: unsupported input type (expected {', '.join(SUFFIXES)})"
+                )
+            files.append(InputFile(path, path.name))
+        elif path.exists():
+            raise ConfigError(f"{path}: not a regular file or directory")
+        else:
+            raise ConfigError(f"{path}: input not found")
+    if not files:
+        raise ConfigError("no input files given")
+    return files
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file's bytes: the inputs' part of the run fingerprint."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_rows(files: list[InputFile]) -> Iterator[SourceRow]:
+    """Every row of every file, in order."""
+    for source in files:
+        if source.kind == "parquet":
+            yield from _read_parquet(source)
+        else:
+            yield from _read_jsonl(source)
+
+
+def _open_text_lines(path: Path) -> IO[bytes]:
+    if path.name.endswith(".gz"):
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return path.open("rb")
+
+
+def _read_jsonl(source: InputFile) -> Iterator[SourceRow]:
+    try:
+        fh = _open_text_lines(source.path)
+    except OSError as exc:
+        raise ConfigError(f"{source.path}: cannot open: {exc.strerror}") from None
+    with fh:
+        line_no = 0
+        try:
+            while True:
+                line = fh.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                line_no += 1
+                loc = f"{source.name}:{line_no}"
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    _skip_rest_of_line(fh)
+                    yield SourceRow(loc, None, f"{loc}: line longer than {MAX_LINE_BYTES} bytes")
+                    continue
+                if not line.strip():
+                    continue
+                yield _parse_json_line(loc, line)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            # A truncated .gz: the rows read so far stand; the rest cannot be read.
+            loc = f"{source.name}:{line_no + 1}"
+            yield SourceRow(loc, None, f"{loc}: file is truncated or corrupt ({exc})")
+
+
+def _skip_rest_of_line(fh: IO[bytes]) -> None:
+    while True:
+        chunk = fh.readline(MAX_LINE_BYTES)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+def _parse_json_line(loc: str, line: bytes) -> SourceRow:
+    try:
+        value = json.loads(line)
+    except UnicodeDecodeError:
+        return SourceRow(loc, None, f"{loc}: line is not valid UTF-8")
+    except json.JSONDecodeError as exc:
+        return SourceRow(loc, None, f"{loc}: invalid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return SourceRow(loc, None, f"{loc}: JSON nested too deeply")
+    if not isinstance(value, dict):
+        return SourceRow(loc, None, f"{loc}: expected a JSON object, got {type(value).__name__}")
+    return SourceRow(loc, value)
+
+
+def _read_parquet(source: InputFile) -> Iterator[SourceRow]:
+    try:
+        parquet = pq.ParquetFile(source.path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise ConfigError(f"{source.path}: not a readable Parquet file ({exc})") from None
+    row_no = 0
+    with parquet:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for record in batch.to_pylist():
+                row_no += 1
+                yield SourceRow(f"{source.name}:{row_no}", record)
+
+
+def jsonable(value: Any) -> Any:
+    """Fallback for json.dumps on Parquet values (dates, decimals, bytes)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

@@ -1,0 +1,320 @@
+"""A whole job: inputs -> checkpoint -> engine -> output. The library face of `batchrun run`.
+
+Order of work, so that everything that can fail cheaply fails before a request is sent:
+config and key checks, output folder writable, input digests, the checkpoint lock, then the
+checkpoint (created and filled from the inputs on the first run: every row validated and ids
+checked unique; on a resume only the fingerprint is compared), then the engine, then the
+output file, written from the checkpoint whatever way the engine stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .client import EndpointClient, StatusUrls
+from .config import RunConfig, fingerprint, identity_changes, read_api_key
+from .dataset import InputFile, expand_inputs, file_digest, read_rows
+from .errors import (
+    BatchrunError,
+    ConfigError,
+    Interrupted,
+    RunMismatchError,
+)
+from .limits import RateLimiter, RateWindow
+from .lock import CheckpointLock
+from .payloads import dump_extra, prepare_row
+from .records import DONE, FAILED, INVALID, PENDING
+from .results import ColumnKinds, write_output
+from .runner import Engine, RunStats, StopSignal, run_engine
+from .store import CheckpointWriter, Store, remove_checkpoint
+from .transport import AiohttpTransport, Transport
+
+log = logging.getLogger(__name__)
+
+INGEST_BATCH = 5000
+
+
+@dataclass
+class JobResult:
+    """How a run ended, for the summary and the exit code."""
+
+    exit_code: int
+    output: Path
+    checkpoint: Path
+    counts: dict[str, int]
+    totals: dict[str, int]
+    stats: RunStats
+    wall_s: float
+    resumed: bool
+    stopped: BatchrunError | None = None
+    failure_causes: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class DryRunReport:
+    rows: int
+    invalid: int
+    prompt_tokens_est: int
+    completion_tokens_max: int
+    invalid_examples: list[str]
+    models: dict[str, int]
+
+
+# ---------------------------------------------------------------- checkpoint set-up
+
+
+def ingest(store: Store, files: list[InputFile], limit: int | None) -> None:
+    """Validate every input row into the checkpoint (rows and ids; nothing is sent)."""
+    kinds = ColumnKinds()
+    batch: list[tuple[Any, ...]] = []
+    n = 0
+    for n, source in enumerate(read_rows(files)):  # noqa: B007 - n is used after the loop
+        if limit is not None and n >= limit:
+            n -= 1
+            break
+        row = prepare_row(source)
+        kinds.observe(row.extra)
+        batch.append(
+            (
+                n,
+                row.row_id,
+                row.loc,
+                INVALID if row.error else PENDING,
+                row.messages,
+                row.overrides,
+                dump_extra(row.extra),
+                row.est_tokens,
+                row.error,
+            )
+        )
+        if len(batch) >= INGEST_BATCH:
+            store.insert_items(batch)
+            batch.clear()
+    if batch:
+        store.insert_items(batch)
+    store.set_json("extra_columns", kinds.as_list())
+    store.set_meta("ingest_complete", "1")
+    log.info("read %d input rows into %s", store.row_count(), store.path)
+
+
+def open_checkpoint(
+    cfg: RunConfig, files: list[InputFile], identity: dict[str, Any]
+) -> tuple[Store, bool]:
+    """Resume the checkpoint if it matches, else create and fill it. Returns (store, resumed)."""
+    path = cfg.checkpoint_path
+    if cfg.fresh:
+        remove_checkpoint(path)
+    if path.exists():
+        store = Store.open(path)
+        if store.get_meta("ingest_complete") == "1":
+            _check_same_job(store, identity, cfg)
+            return store, True
+        store.close()  # a first run that died while reading inputs: nothing was sent
+    store = Store.create(path)
+    try:
+        store.set_meta("fingerprint", fingerprint(identity))
+        store.set_json("identity", identity)
+        store.set_json("settings", cfg.public_dict())
+        store.set_meta("created_at", str(time.time()))
+        ingest(store, files, cfg.limit)
+    except BaseException:
+        store.close()
+        remove_checkpoint(path)
+        raise
+    return store, False
+
+
+def _check_same_job(store: Store, identity: dict[str, Any], cfg: RunConfig) -> None:
+    if store.get_meta("fingerprint") == fingerprint(identity):
+        return
+    changed = identity_changes(store.get_json("identity", {}), identity)
+    done = store.counts().get(DONE, 0)
+    store.close()
+    raise RunMismatchError(
+        f"{cfg.checkpoint_path} belongs to a job with other inputs or request settings "
+        f"(changed: {', '.join(changed) or 'unknown'}). Run it with the original inputs and "
+        f"settings to resume, or add --fresh to start over (discarding {done} finished rows)."
+    )
+
+
+def check_output_writable(output: Path) -> None:
+    folder = output.parent if str(output.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchrun-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write the output in {folder}: {exc.strerror}") from None
+    if output.is_dir():
+        raise ConfigError(f"output {output} is a directory; give a file name")
+
+
+def input_identity(cfg: RunConfig) -> tuple[list[InputFile], dict[str, Any]]:
+    files = expand_inputs(cfg.inputs)
+    return files, cfg.identity([file_digest(f.path) for f in files])
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def dry_run(cfg: RunConfig) -> DryRunReport:
+    """Read, validate and build every request without sending or keeping anything."""
+    files, identity = input_identity(cfg)
+    with tempfile.TemporaryDirectory(prefix="batchrun-dry-") as tmp:
+        store = Store.create(Path(tmp) / "dry.sqlite")
+        try:
+            ingest(store, files, cfg.limit)
+            return _dry_report(store, cfg)
+        finally:
+            store.close()
+
+
+def _dry_report(store: Store, cfg: RunConfig) -> DryRunReport:
+    template = cfg.body_template()
+    figures = store.request_figures(template.get("max_tokens") or 0, str(template.get("model")))
+    return DryRunReport(**figures)
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Watcher(Protocol):
+    """Something that follows a run's counters until cancelled (the progress bar)."""
+
+    async def watch(self, stats: RunStats) -> None: ...
+
+
+def run_job(
+    cfg: RunConfig,
+    *,
+    watcher: Watcher | None = None,
+    transport: Transport | None = None,
+) -> JobResult:
+    """Run or resume the job described by `cfg` and write its output."""
+    output = Path(cfg.output)
+    if not cfg.output:
+        raise ConfigError("no output file: pass -o/--output or set output = ... in the config")
+    api_key = read_api_key(cfg)
+    check_output_writable(output)
+    files, identity = input_identity(cfg)
+    started = time.monotonic()
+    with CheckpointLock(cfg.checkpoint_path):
+        store, resumed = open_checkpoint(cfg, files, identity)
+        try:
+            reset = store.prepare_resume(cfg.retry_failed)
+            if resumed:
+                log.info("resuming %s (%d rows to send again)", cfg.checkpoint_path, reset)
+            stats = RunStats(todo=_todo(store))
+            stopped: BatchrunError | None = None
+            try:
+                asyncio.run(_run_async(cfg, store, api_key, stats, watcher, transport))
+            except BatchrunError as exc:
+                stopped = exc
+            write_output(store, output)
+            counts = store.counts()
+            return JobResult(
+                exit_code=_exit_code(counts, stopped),
+                output=output,
+                checkpoint=cfg.checkpoint_path,
+                counts=counts,
+                totals=store.totals(),
+                stats=stats,
+                wall_s=time.monotonic() - started,
+                resumed=resumed,
+                stopped=stopped,
+                failure_causes=store.failure_causes(),
+            )
+        finally:
+            store.close()
+
+
+def _todo(store: Store) -> int:
+    counts = store.counts()
+    return sum(n for state, n in counts.items() if state not in (DONE, FAILED, INVALID))
+
+
+def _exit_code(counts: dict[str, int], stopped: BatchrunError | None) -> int:
+    if stopped is not None:
+        return stopped.exit_code
+    unfinished = sum(n for s, n in counts.items() if s not in (DONE,))
+    return 1 if unfinished else 0
+
+
+async def _run_async(
+    cfg: RunConfig,
+    store: Store,
+    api_key: str | None,
+    stats: RunStats,
+    watcher: Watcher | None,
+    transport: Transport | None,
+) -> None:
+    client_transport = transport or AiohttpTransport(
+        api_key=api_key,
+        trusted_urls=[cfg.base_url, *_status_hosts(cfg)],
+        connections=cfg.concurrency + cfg.max_pending + 4,
+        allow_insecure_http=cfg.allow_insecure_http,
+    )
+    writer = CheckpointWriter(store.path)
+    try:
+        stop = StopSignal()
+        limiter = RateLimiter(
+            RateWindow(cfg.rpm, cfg.tpm),
+            sleep=stop.sleep,
+            expected_completion=min(cfg.body_template().get("max_tokens") or 512, 512),
+        )
+        client = EndpointClient(client_transport, cfg)
+        engine = Engine(cfg, client, limiter, writer, stats, stop=stop)
+        _install_signal_handlers(engine)
+        watching = asyncio.create_task(watcher.watch(stats)) if watcher else None
+        try:
+            await run_engine(engine, store)
+        finally:
+            if watching is not None:
+                watching.cancel()
+                with suppress(asyncio.CancelledError):
+                    await watching
+    finally:
+        await client_transport.close()
+        await asyncio.to_thread(writer.flush)
+        writer.close()
+
+
+def _status_hosts(cfg: RunConfig) -> list[str]:
+    return StatusUrls(cfg).all_templates()
+
+
+def _install_signal_handlers(engine: Engine) -> None:
+    loop = asyncio.get_running_loop()
+    grace = engine.cfg.grace
+
+    def on_signal(signame: str) -> None:
+        if engine.stopping:
+            _say(
+                f"{signame} again: exiting now. The checkpoint is consistent; run the same "
+                "command to resume."
+            )
+            os._exit(130)
+        _say(
+            f"{signame}: no new requests; waiting up to {grace:g}s for those in flight "
+            "(press Ctrl-C again to quit at once)"
+        )
+        engine.request_stop(Interrupted(f"interrupted by {signame}"))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError):  # RuntimeError: not the main thread
+            loop.add_signal_handler(sig, on_signal, sig.name)
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"\n{text}\n")
+    sys.stderr.flush()

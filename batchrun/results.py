@@ -1,0 +1,142 @@
+"""Checkpoint -> the result Parquet file (SPEC.md "Output"). The only Parquet writer.
+
+The output is an export of the checkpoint and can be rewritten at any time, mid-run
+included: rows are streamed from SQLite in input order, one row group per page, into a
+temp file that is fsynced and renamed over the target, so a reader never sees half a file.
+
+Passthrough columns keep their type when every value in the column has the same scalar
+type (bool, int, float, string; ints mixed with floats become float); anything else
+(lists, objects, mixed types, dates from Parquet) is written as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .records import OUTPUT_STATUS
+from .store import Store
+
+BASE_FIELDS: list[pa.Field[Any]] = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("content", pa.string()),
+    pa.field("reasoning_content", pa.string()),
+    pa.field("tool_calls", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+    pa.field("total_tokens", pa.int64()),
+    pa.field("model", pa.string()),
+    pa.field("request_id", pa.string()),
+    pa.field("attempts", pa.int32(), nullable=False),
+    pa.field("latency_s", pa.float64()),
+    pa.field("ttft_s", pa.float64()),
+    pa.field("error", pa.string()),
+]
+# Positions of the base columns in a Store.iter_results row, after idx (0).
+_RESULT_SLICE = slice(1, 16)
+_EXTRA_AT = 16
+
+_KIND_TYPES: dict[str, pa.DataType] = {
+    "bool": pa.bool_(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "str": pa.string(),
+}
+
+
+class ColumnKinds:
+    """Learns each passthrough column's type while rows are ingested."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, str] = {}
+
+    def observe(self, extra: dict[str, Any] | None) -> None:
+        if not extra:
+            return
+        for name, value in extra.items():
+            if value is None:
+                self._kinds.setdefault(name, "null")
+                continue
+            kind = _kind_of(value)
+            seen = self._kinds.get(name)
+            if seen is None or seen == "null":
+                self._kinds[name] = kind
+            elif seen != kind:
+                self._kinds[name] = "float" if {seen, kind} == {"int", "float"} else "json"
+
+    def as_list(self) -> list[list[str]]:
+        return [[name, "str" if kind == "null" else kind] for name, kind in self._kinds.items()]
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -(2**63) <= value < 2**63 else "json"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return "json"
+
+
+def output_schema(extra_columns: list[list[str]]) -> pa.Schema:
+    fields: list[pa.Field[Any]] = list(BASE_FIELDS)
+    for name, kind in extra_columns:
+        fields.append(pa.field(name, _KIND_TYPES.get(kind, pa.string())))
+    return pa.schema(fields)
+
+
+def _cell(value: Any, kind: str) -> Any:
+    if value is None:
+        return None
+    if kind == "json":
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if kind == "float":
+        return float(value)
+    if kind == "str" and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _page_table(rows: list[tuple[Any, ...]], schema: pa.Schema, extra: list[list[str]]) -> pa.Table:
+    columns: list[list[Any]] = [[] for _ in BASE_FIELDS]
+    extras: list[list[Any]] = [[] for _ in extra]
+    for row in rows:
+        base = list(row[_RESULT_SLICE])
+        base[1] = OUTPUT_STATUS.get(base[1], "pending")
+        for column, value in zip(columns, base, strict=True):
+            column.append(value)
+        if extra:
+            values = json.loads(row[_EXTRA_AT]) if row[_EXTRA_AT] else {}
+            for column, (name, kind) in zip(extras, extra, strict=True):
+                column.append(_cell(values.get(name), kind))
+    arrays = [pa.array(c, type=f.type) for c, f in zip(columns + extras, schema, strict=True)]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_output(store: Store, path: Path, *, page_rows: int = 8192) -> int:
+    """Write every row of the checkpoint to `path` atomically. Returns the row count."""
+    extra = store.get_json("extra_columns", [])
+    schema = output_schema(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    written = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for rows in store.iter_results(page=page_rows):
+                writer.write_table(_page_table(rows, schema, extra))
+                written += len(rows)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written

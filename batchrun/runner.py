@@ -1,0 +1,563 @@
+"""The engine: drives each row to a final answer, and the dispatcher that feeds it.
+
+One task per live row, bounded: a row holds a `max_pending` capacity slot from its first
+submission until its answer (so ids awaiting a result never exceed it), and a `concurrency`
+slot only while a submission is on the wire. Polls take no rate-limit slot and no
+concurrency slot, so they are never starved by the submit limiter (NVCF cancels an id that
+is not polled within max(2 x hold, 10) s).
+
+A row's life (states as stored, see records.py):
+
+    pending --submit--> inflight --200--------------------------------> done
+                           |--202--> polling --poll 202 (again)--+
+                           |                 \\--200/302---> fetched (stored raw) --> done
+                           |--retryable error: back off, submit again (max_attempts)
+                           \\--other 4xx / attempts spent ----------------> failed
+
+A polled answer is consume-once: it is committed raw ("fetched") before it is parsed. A
+poll that says the id is unknown (problem+json 404) sends the row again, counted as a re-buy.
+
+The engine never writes `pending` during a run: a row sent again stays `inflight`, so the
+dispatcher, which pages through `pending` rows in input order, never picks a row up twice.
+Everything here works on WorkItems and talks to a Sink, a RateLimiter and an
+EndpointClient, so a Ray actor can run the same `Engine.run_item` on its own rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .client import Answer, EndpointClient
+from .config import RunConfig
+from .errors import (
+    AuthError,
+    BatchrunError,
+    EndpointError,
+    JobStopped,
+    RequestExpired,
+    StatusError,
+    TransportError,
+)
+from .limits import Capacity, RateLimiter, Reservation
+from .payloads import BodyBuilder
+from .records import (
+    DONE,
+    FAILED,
+    FETCHED,
+    INFLIGHT,
+    PENDING,
+    POLLING,
+    Completion,
+    Outcome,
+    WorkItem,
+)
+from .responses import parse_completion
+
+log = logging.getLogger(__name__)
+
+# A Retry-After above this pauses the whole job rather than one row (PROTOCOL.md decision 6).
+LONG_WAIT_S = 60.0
+POLL_RETRY_MAX_S = 2.0  # never back off long between polls: the id would expire
+DISPATCH_PAGE = 1000
+
+
+class Sink(Protocol):
+    """Where row updates go (the checkpoint writer, or a proxy to one)."""
+
+    def update(self, idx: int, columns: dict[str, Any]) -> None: ...
+
+    async def update_now(self, idx: int, columns: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class RunStats:
+    """Counters for this run (progress bar and summary). Only the event loop writes them."""
+
+    todo: int = 0
+    ok: int = 0
+    failed: int = 0
+    submissions: int = 0
+    polls: int = 0
+    accepted: int = 0  # 202s received
+    rebuys: int = 0  # rows sent again because their request id had expired
+    retries: int = 0
+    rate_limited: int = 0
+    in_flight: int = 0
+    pending_ids: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    no_usage: int = 0  # answers that came without usage
+    causes: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.failed
+
+
+class _Stopped(Exception):
+    """The job is stopping: leave this row where it is (it resumes next run)."""
+
+
+class StopSignal:
+    """The job-wide stop request, and a sleep that ends early when it comes.
+
+    Shared by the engine and the rate limiter so that a stop never waits out a long
+    rate-limit or back-off sleep.
+    """
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.reason: BatchrunError | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def request(self, reason: BatchrunError | None = None) -> None:
+        if reason is not None and self.reason is None:
+            self.reason = reason
+        self.event.set()
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self.event.is_set():
+            return
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), seconds)
+
+
+class Engine:
+    """Runs WorkItems to their outcome. Create inside the running event loop."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        client: EndpointClient,
+        limiter: RateLimiter,
+        sink: Sink,
+        stats: RunStats | None = None,
+        *,
+        stop: StopSignal | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.limiter = limiter
+        self.sink = sink
+        self.stats = stats or RunStats()
+        self.builder = BodyBuilder(cfg.body_template())
+        self.submit_slots = asyncio.Semaphore(cfg.concurrency)
+        self.stop = stop or StopSignal()
+        self._wall = wall_clock
+        self._rng = rng or random.Random()
+
+    # ---- stopping
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop.is_set
+
+    def request_stop(self, reason: BatchrunError | None = None) -> None:
+        self.stop.request(reason)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the job is asked to stop."""
+        await self.stop.sleep(seconds)
+
+    # ---- one row
+
+    async def run_item(self, item: WorkItem) -> None:
+        """Drive one row to done/failed, or leave it resumable if the job stops first."""
+        tries = 0
+        while True:
+            try:
+                answer, reservation = await self._exchange(item)
+                outcome = await self._outcome(item, answer)
+            except _Stopped:
+                return
+            except RequestExpired as exc:
+                # The server forgot the id (expired or consumed): buy the answer again.
+                self.stats.rebuys += 1
+                log.info("row %s: %s; sending it again", item.row_id, exc)
+                self._forget_request(item)
+                tries += 1
+                if tries >= self.cfg.max_attempts:
+                    self._fail(item, exc)
+                    return
+                continue
+            except EndpointError as exc:
+                self._forget_request_if_consumed(item, exc)
+                self.stats.causes[_cause(exc)] += 1
+                tries += 1
+                if not exc.retryable or tries >= self.cfg.max_attempts:
+                    self._fail(item, exc)
+                    return
+                self.stats.retries += 1
+                if not await self._wait_before_retry(item, exc, tries):
+                    return
+                continue
+            self._settle(reservation, outcome.completion)
+            self._record(item, outcome)
+            return
+
+    async def _exchange(self, item: WorkItem) -> tuple[Answer, Reservation | None]:
+        """Get the row's final answer: a stored one, a submission, or polls of its id."""
+        if item.fetched is not None:
+            return Answer(200, item.request_id, body=item.fetched.encode()), None
+        if item.location is not None:
+            return Answer(302, item.request_id, location=item.location), None
+        reservation = None
+        if item.request_id is None:
+            answer, reservation = await self._submit(item)
+            if not answer.pending:
+                return answer, reservation
+            item.request_id = answer.request_id
+            self.stats.accepted += 1
+            self.sink.update(item.idx, {"state": POLLING, "request_id": item.request_id})
+        return await self._poll_until_final(item), reservation
+
+    async def _submit(self, item: WorkItem) -> tuple[Answer, Reservation]:
+        body, stream = self.builder.build_with_stream(
+            item.messages, item.overrides, self.cfg.stream
+        )
+        async with self.submit_slots:
+            if self.stopping:
+                raise _Stopped
+            reservation = await self.limiter.acquire(item.est_tokens)
+            if self.stopping:
+                raise _Stopped
+            item.attempts += 1
+            if item.first_submit_at is None:
+                item.first_submit_at = self._wall()
+            self.sink.update(
+                item.idx,
+                {
+                    "state": INFLIGHT,
+                    "attempts": item.attempts,
+                    "first_submit_at": item.first_submit_at,
+                },
+            )
+            self.stats.submissions += 1
+            self.stats.in_flight += 1
+            try:
+                answer = await self.client.submit(body, stream=stream)
+            except StatusError as exc:
+                if exc.status == 429:
+                    self._rate_limited(exc)
+                raise
+            finally:
+                self.stats.in_flight -= 1
+        return answer, reservation
+
+    async def _poll_until_final(self, item: WorkItem) -> Answer:
+        """Long-poll the row's id until a non-202 answer (PROTOCOL.md 2.4)."""
+        assert item.request_id is not None
+        self.stats.pending_ids += 1
+        try:
+            failures = 0
+            last_start = -1e9
+            while True:
+                # The server holds each poll for `hold` s; if it answers at once anyway,
+                # poll at most once per min_poll_interval (NVCF docs: 1 s).
+                await self.sleep(self.cfg.min_poll_interval - (time.monotonic() - last_start))
+                if self.stopping:
+                    raise _Stopped
+                last_start = time.monotonic()
+                self.stats.polls += 1
+                try:
+                    answer = await self.client.poll(item.request_id)
+                except (TransportError, StatusError) as exc:
+                    if not _repoll(exc) or failures >= self.cfg.max_attempts:
+                        raise
+                    failures += 1
+                    self.stats.causes[f"poll {_cause(exc)}"] += 1
+                    await self.sleep(
+                        min(POLL_RETRY_MAX_S, exc.retry_after or 2.0 ** (failures - 2))
+                    )
+                    continue
+                if not answer.pending:
+                    return answer
+                failures = 0
+        finally:
+            self.stats.pending_ids -= 1
+
+    async def _outcome(self, item: WorkItem, answer: Answer) -> Outcome:
+        """Turn a final answer into an Outcome, storing consume-once bodies first."""
+        polled = item.request_id is not None
+        body = answer.body
+        if answer.location is not None:
+            if item.location is None:
+                item.location = answer.location
+                await self.sink.update_now(
+                    item.idx, {"state": FETCHED, "location": answer.location}
+                )
+            body = await self.client.download(answer.location, answer.request_id)
+            polled = True  # a download URL is handed out once too
+        if polled and item.fetched is None and answer.completion is None:
+            # Consume-once (decision 3): on disk before anything else is done with it.
+            item.fetched = body.decode("utf-8", "replace")
+            await self.sink.update_now(item.idx, {"state": FETCHED, "response": item.fetched})
+        try:
+            completion = answer.completion or parse_completion(body)
+        except EndpointError:
+            self._forget_request(item)  # that answer is spent; the row is sent again
+            raise
+        raw = answer.raw if answer.completion is not None else body.decode("utf-8", "replace")
+        return Outcome(
+            DONE,
+            completion,
+            request_id=answer.request_id or item.request_id,
+            status_code=200,
+            latency_s=self._latency(item),
+            raw=raw,
+        )
+
+    async def _wait_before_retry(self, item: WorkItem, exc: EndpointError, tries: int) -> bool:
+        """Back off before the next try. False when the job is stopping instead."""
+        wait = exc.retry_after
+        if wait is not None and wait > self.cfg.max_pause:
+            self.request_stop(
+                JobStopped(
+                    f"the server asked to wait {wait:.0f}s ({exc}); more than max_pause "
+                    f"({self.cfg.max_pause:.0f}s), so the job stopped. Run the same command "
+                    "later to resume."
+                )
+            )
+            return False
+        if wait is not None and wait > LONG_WAIT_S:
+            log.warning("server asked to wait %.0fs (%s): pausing the whole job", wait, exc)
+            self.limiter.pause(wait)
+            wait = 0.0
+        if isinstance(exc, StatusError) and exc.status == 429:
+            wait = 0.0  # the limiter already paused everyone (and slowed down)
+        if wait is None:
+            ceiling = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (tries - 1))
+            wait = self._rng.uniform(ceiling / 2, ceiling)
+        log.debug("row %s: try %d failed (%s); next in %.1fs", item.row_id, tries, exc, wait)
+        await self.sleep(wait)
+        return not self.stopping
+
+    def _rate_limited(self, exc: StatusError) -> None:
+        self.stats.rate_limited += 1
+        pause = self.limiter.on_rate_limited(exc.retry_after)
+        log.info("429 from the server: pausing all submissions %.1fs and slowing down", pause)
+
+    # ---- recording
+
+    def _forget_request(self, item: WorkItem) -> None:
+        item.request_id = item.fetched = item.location = None
+        self.sink.update(
+            item.idx, {"state": INFLIGHT, "request_id": None, "response": None, "location": None}
+        )
+
+    def _forget_request_if_consumed(self, item: WorkItem, exc: EndpointError) -> None:
+        """A final error answer to a poll spends the id just as a result does.
+
+        Only a download that failed on the way keeps its Location (valid for 24 h) so
+        the next try downloads again instead of buying the answer twice.
+        """
+        if isinstance(exc, TransportError) and item.location is not None:
+            return
+        if item.request_id is not None or item.fetched is not None or item.location is not None:
+            self._forget_request(item)
+
+    def _latency(self, item: WorkItem) -> float | None:
+        if item.first_submit_at is None:
+            return None
+        return max(0.0, self._wall() - item.first_submit_at)
+
+    def _settle(self, reservation: Reservation | None, completion: Completion) -> None:
+        if completion.total_tokens is None:
+            self.stats.no_usage += 1
+        else:
+            self.stats.prompt_tokens += completion.prompt_tokens or 0
+            self.stats.completion_tokens += completion.completion_tokens or 0
+        if reservation is not None:
+            self.limiter.settle(reservation, completion.total_tokens, completion.completion_tokens)
+
+    def _record(self, item: WorkItem, outcome: Outcome) -> None:
+        c = outcome.completion
+        self.sink.update(
+            item.idx,
+            {
+                "state": outcome.state,
+                "finished_at": self._wall(),
+                "status_code": outcome.status_code,
+                "request_id": outcome.request_id,
+                "content": c.content,
+                "reasoning_content": c.reasoning_content,
+                "tool_calls": json.dumps(c.tool_calls, ensure_ascii=False)
+                if c.tool_calls
+                else None,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "total_tokens": c.total_tokens,
+                "model": c.model,
+                "latency_s": outcome.latency_s,
+                "ttft_s": c.ttft_s,
+                "error": outcome.error,
+                "response": outcome.raw,
+            },
+        )
+        if outcome.state == DONE:
+            self.stats.ok += 1
+        else:
+            self.stats.failed += 1
+
+    def _fail(self, item: WorkItem, exc: BaseException) -> None:
+        status = exc.status if isinstance(exc, StatusError) else None
+        request_id = exc.request_id if isinstance(exc, StatusError) else None
+        self._record(
+            item,
+            Outcome(
+                FAILED,
+                request_id=request_id or item.request_id,
+                status_code=status,
+                error=str(exc),
+                latency_s=self._latency(item),
+            ),
+        )
+
+
+def _repoll(exc: EndpointError) -> bool:
+    """Errors after which the same id is polled again (the answer may still be there).
+
+    A 500 is the invocation's own final error: the id is spent, so the row is sent again.
+    """
+    if isinstance(exc, TransportError):
+        return True
+    return isinstance(exc, StatusError) and exc.status in (408, 429, 502, 503, 504)
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, StatusError):
+        return f"HTTP {exc.status}"
+    return type(exc).__name__
+
+
+# ---------------------------------------------------------------- the dispatcher
+
+
+class PageSource(Protocol):
+    """Pages of rows in given states, in input order (the checkpoint store)."""
+
+    def work_page(
+        self, after_idx: int, limit: int, states: tuple[str, ...]
+    ) -> list[tuple[Any, ...]]: ...
+
+
+def item_from_row(row: tuple[Any, ...]) -> WorkItem:
+    idx, row_id, messages, overrides, est, attempts, request_id, first, response, location = row
+    return WorkItem(
+        idx=idx,
+        row_id=row_id,
+        messages=messages,
+        overrides=overrides,
+        est_tokens=est,
+        attempts=attempts,
+        request_id=request_id,
+        first_submit_at=first,
+        fetched=response,
+        location=location,
+    )
+
+
+async def _pages(source: PageSource, states: tuple[str, ...]) -> Any:
+    after = -1
+    while True:
+        rows = await asyncio.to_thread(source.work_page, after, DISPATCH_PAGE, states)
+        if not rows:
+            return
+        for row in rows:
+            yield item_from_row(row)
+        after = rows[-1][0]
+
+
+async def dispatch(engine: Engine, source: PageSource) -> None:
+    """Run every unfinished row: ids the server holds first (they expire), then the rest."""
+    capacity = Capacity(engine.cfg.max_pending)
+    stop_watch = asyncio.create_task(_close_on_stop(engine, capacity))
+
+    async def run(item: WorkItem) -> None:
+        try:
+            await engine.run_item(item)
+        finally:
+            capacity.release()
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            async for item in _pages(source, (POLLING, FETCHED)):
+                capacity.take()  # already pending at the server: poll now, whatever the limit
+                tasks.create_task(run(item))
+            async for item in _pages(source, (PENDING,)):
+                if not await capacity.acquire() or engine.stopping:
+                    break
+                tasks.create_task(run(item))
+    finally:
+        stop_watch.cancel()
+
+
+async def _close_on_stop(engine: Engine, capacity: Capacity) -> None:
+    await engine.stop.event.wait()
+    capacity.close()
+
+
+async def run_engine(engine: Engine, source: PageSource) -> None:
+    """Dispatch everything; once a stop is requested, give in-flight work `grace` seconds.
+
+    Raises AuthError at once (nothing more is sent); raises the stop reason, if any, after
+    the work in flight has settled.
+    """
+    main = asyncio.create_task(dispatch(engine, source))
+    stop = asyncio.create_task(engine.stop.event.wait())
+    try:
+        await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not main.done():
+            done, _ = await asyncio.wait({main}, timeout=engine.cfg.grace)
+            if not done:
+                log.warning("grace period over: abandoning work in flight (it resumes next run)")
+                main.cancel()
+        try:
+            await main
+        except asyncio.CancelledError:
+            if not engine.stopping:
+                raise
+        except BaseExceptionGroup as group:
+            raise _first_meaningful(group) from None
+    finally:
+        stop.cancel()
+        if not main.done():
+            main.cancel()
+            with suppress(asyncio.CancelledError, BaseException):
+                await main
+    if engine.stop.reason is not None:
+        raise engine.stop.reason
+
+
+def _first_meaningful(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Pick AuthError over anything else in a TaskGroup's exception group."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, AuthError):
+            return exc
+    return leaves[0]

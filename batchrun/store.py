@@ -1,0 +1,440 @@
+"""The SQLite checkpoint: every row's state, request id and answer. The only sqlite3 user.
+
+Layout: `meta` (key/value: schema version, fingerprint, settings, passthrough columns) and
+`items` (one row per input row, keyed by its input position `idx`). WAL mode, so `status`
+and `export` can read while a run writes.
+
+Writes during a run go through `CheckpointWriter`, one thread with its own connection: the
+event loop only enqueues column updates; the thread merges updates per row and commits them
+in one transaction at most every FLUSH_INTERVAL_S (well inside SPEC.md's 200 ms for answers
+and 1 s for request ids). An update that must be durable before the caller goes on (a
+consume-once poll answer, PROTOCOL.md decision 3) is committed at once and the caller awaits
+the commit. synchronous=FULL: a commit survives a kill -9 and a power cut alike, and costs
+one fsync per batch, not per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, CheckpointWriteError, DatasetError
+from .records import DONE, FAILED, FETCHED, INFLIGHT, INVALID, PENDING, POLLING
+
+SCHEMA_VERSION = 1
+FLUSH_INTERVAL_S = 0.1
+APP_ID = 0x42525531  # "BRU1": tells our checkpoints from other SQLite files
+
+_M001 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (
+    idx INTEGER PRIMARY KEY,
+    row_id TEXT NOT NULL,
+    loc TEXT NOT NULL,
+    state TEXT NOT NULL,
+    messages TEXT,
+    overrides TEXT,
+    extra TEXT,
+    est_tokens INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT,
+    location TEXT,
+    first_submit_at REAL,
+    finished_at REAL,
+    status_code INTEGER,
+    content TEXT,
+    reasoning_content TEXT,
+    tool_calls TEXT,
+    finish_reason TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    total_tokens INTEGER,
+    model TEXT,
+    latency_s REAL,
+    ttft_s REAL,
+    error TEXT,
+    response TEXT
+);
+CREATE UNIQUE INDEX items_row_id ON items (row_id);
+"""
+MIGRATIONS: list[tuple[str, str]] = [("m001_initial", _M001)]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+ITEM_COLUMNS = (
+    "idx",
+    "row_id",
+    "loc",
+    "state",
+    "messages",
+    "overrides",
+    "extra",
+    "est_tokens",
+    "error",
+)
+UPDATABLE = frozenset(
+    {
+        "state",
+        "attempts",
+        "request_id",
+        "location",
+        "first_submit_at",
+        "finished_at",
+        "status_code",
+        "content",
+        "reasoning_content",
+        "tool_calls",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "model",
+        "latency_s",
+        "ttft_s",
+        "error",
+        "response",
+    }
+)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def remove_checkpoint(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+class Store:
+    """Reads and bulk writes on the checkpoint (run-time updates go via CheckpointWriter)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    # ---- opening
+
+    @classmethod
+    def create(cls, path: Path) -> Store:
+        remove_checkpoint(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path)
+        conn.execute(f"PRAGMA application_id={APP_ID}")
+        for name, sql in MIGRATIONS:
+            conn.executescript(f"BEGIN;{sql}COMMIT;")
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('migration', ?)", (name,))
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        return cls(path, conn)
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no checkpoint here")
+        try:
+            conn = connect(path)
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointError(f"{path}: not a batchrun checkpoint ({exc})") from None
+        if app_id != APP_ID or row is None:
+            raise CheckpointError(f"{path}: not a batchrun checkpoint")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise CheckpointError(
+                f"{path}: written by a newer batchrun (checkpoint schema {version}, this "
+                f"version reads up to {SCHEMA_VERSION}); upgrade batchrun to resume it"
+            )
+        return cls(path, conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ---- meta
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def get_json(self, key: str, default: Any = None) -> Any:
+        raw = self.get_meta(key)
+        return default if raw is None else json.loads(raw)
+
+    def set_json(self, key: str, value: Any) -> None:
+        self.set_meta(key, json.dumps(value))
+
+    # ---- ingest
+
+    def insert_items(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert prepared rows (ITEM_COLUMNS order). A duplicate id raises DatasetError."""
+        marks = ",".join("?" * len(ITEM_COLUMNS))
+        sql = f"INSERT INTO items ({','.join(ITEM_COLUMNS)}) VALUES ({marks})"
+        try:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(sql, rows)
+            self._conn.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            self._conn.execute("ROLLBACK")
+            raise self._duplicate_error(rows) from None
+
+    def _duplicate_error(self, rows: Sequence[tuple[Any, ...]]) -> DatasetError:
+        seen: dict[str, str] = {}
+        for row in rows:
+            row_id, loc = row[1], row[2]
+            first = seen.get(row_id)
+            if first is None:
+                found = self._conn.execute(
+                    "SELECT loc FROM items WHERE row_id=?", (row_id,)
+                ).fetchone()
+                first = found[0] if found else None
+            if first is not None:
+                return DatasetError(
+                    f"{loc}: duplicate id {row_id!r} (first used at {first}); ids must be "
+                    "unique. Nothing was sent."
+                )
+            seen[row_id] = loc
+        return DatasetError("duplicate row id in the input")
+
+    # ---- resume
+
+    def prepare_resume(self, retry_failed: bool) -> int:
+        """Rows left in flight by a crash go back to pending (at-least-once delivery).
+
+        With `retry_failed`, failed rows are pending again too. Returns rows reset.
+        """
+        self._conn.execute("BEGIN")
+        # An in-flight row has no live request id (a 202's id moves it to `polling`).
+        clear = "request_id=NULL, response=NULL, location=NULL"
+        reset = self._conn.execute(
+            f"UPDATE items SET state=?, {clear} WHERE state=?", (PENDING, INFLIGHT)
+        ).rowcount
+        if retry_failed:
+            reset += self._conn.execute(
+                f"UPDATE items SET state=?, {clear}, error=NULL, status_code=NULL, "
+                "finished_at=NULL WHERE state=?",
+                (PENDING, FAILED),
+            ).rowcount
+        self._conn.execute("COMMIT")
+        return reset
+
+    # ---- reads
+
+    def counts(self) -> dict[str, int]:
+        rows = self._conn.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall()
+        return {state: n for state, n in rows}
+
+    def totals(self) -> dict[str, int]:
+        row = self._conn.execute(
+            "SELECT coalesce(sum(prompt_tokens),0), coalesce(sum(completion_tokens),0), "
+            "coalesce(sum(total_tokens),0), coalesce(sum(attempts),0), count(*) FROM items"
+        ).fetchone()
+        keys = ("prompt_tokens", "completion_tokens", "total_tokens", "attempts", "rows")
+        return dict(zip(keys, (int(v) for v in row), strict=True))
+
+    def pending_request_ids(self, limit: int = 20) -> list[tuple[str, str]]:
+        rows = self._conn.execute(
+            "SELECT row_id, request_id FROM items WHERE state IN (?, ?) AND request_id IS NOT NULL "
+            "ORDER BY idx LIMIT ?",
+            (POLLING, FETCHED, limit),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def failure_causes(self, limit: int = 10) -> list[tuple[str, int]]:
+        rows = self._conn.execute(
+            "SELECT coalesce(status_code, 0), substr(error, 1, 120), count(*) FROM items "
+            "WHERE state=? GROUP BY 1, 2 ORDER BY 3 DESC LIMIT ?",
+            (FAILED, limit),
+        ).fetchall()
+        return [(str(err), int(n)) for _code, err, n in rows]
+
+    def work_page(
+        self, after_idx: int, limit: int, states: tuple[str, ...]
+    ) -> list[tuple[Any, ...]]:
+        """Rows in `states`, in input order, after `after_idx` (a page for the dispatcher)."""
+        marks = ",".join("?" * len(states))
+        return self._conn.execute(
+            "SELECT idx, row_id, messages, overrides, est_tokens, attempts, request_id, "
+            "first_submit_at, response, location "
+            f"FROM items WHERE idx > ? AND state IN ({marks}) ORDER BY idx LIMIT ?",
+            (after_idx, *states, limit),
+        ).fetchall()
+
+    def iter_results(self, page: int = 4096) -> Iterator[list[tuple[Any, ...]]]:
+        """Pages of output rows in input order (memory bounded by `page`)."""
+        after = -1
+        while True:
+            rows = self._conn.execute(
+                "SELECT idx, row_id, state, content, reasoning_content, tool_calls, finish_reason, "
+                "prompt_tokens, completion_tokens, total_tokens, model, request_id, attempts, "
+                "latency_s, ttft_s, error, extra, response, status_code "
+                "FROM items WHERE idx > ? ORDER BY idx LIMIT ?",
+                (after, page),
+            ).fetchall()
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+
+    def request_figures(self, default_max_tokens: int, default_model: str) -> dict[str, Any]:
+        """Rows, invalid rows, token estimates and models, for a dry run's report."""
+        conn = self._conn
+        rows, invalid, prompt = conn.execute(
+            "SELECT count(*), coalesce(sum(state=?),0), coalesce(sum(est_tokens),0) FROM items",
+            (INVALID,),
+        ).fetchone()
+        completion_max = conn.execute(
+            "SELECT coalesce(sum(coalesce(json_extract(overrides,'$.max_tokens'), ?)),0) "
+            "FROM items WHERE state != ?",
+            (default_max_tokens, INVALID),
+        ).fetchone()[0]
+        models = conn.execute(
+            "SELECT coalesce(json_extract(overrides,'$.model'), ?), count(*) FROM items "
+            "WHERE state != ? GROUP BY 1",
+            (default_model, INVALID),
+        ).fetchall()
+        examples = conn.execute("SELECT error FROM items WHERE state=? LIMIT 5", (INVALID,))
+        return {
+            "rows": int(rows),
+            "invalid": int(invalid),
+            "prompt_tokens_est": int(prompt),
+            "completion_tokens_max": int(completion_max),
+            "models": {str(m): int(n) for m, n in models},
+            "invalid_examples": [str(r[0]) for r in examples],
+        }
+
+    def row_count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+
+Callback = Callable[[BaseException | None], None]
+
+
+class CheckpointWriter:
+    """The writer thread. Updates are `{column: value}` per row index, merged and batched."""
+
+    def __init__(self, path: Path, *, interval: float = FLUSH_INTERVAL_S) -> None:
+        self._conn = connect(path)
+        self._interval = interval
+        self._queue: queue.SimpleQueue[tuple[int, dict[str, Any] | None, Callback | None]] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="batchrun-checkpoint", daemon=True)
+        self.error: BaseException | None = None
+        self.commits = 0
+        self._thread.start()
+
+    def update(self, idx: int, columns: dict[str, Any]) -> None:
+        """Queue an update; durable within FLUSH_INTERVAL_S plus one commit."""
+        if self.error is not None:
+            raise CheckpointWriteError(f"checkpoint write failed: {self.error}")
+        self._queue.put((idx, columns, None))
+
+    async def update_now(self, idx: int, columns: dict[str, Any]) -> None:
+        """Queue an update and return once it (and all before it) is committed."""
+        if self.error is not None:
+            raise CheckpointWriteError(f"checkpoint write failed: {self.error}")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def resolve(exc: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, done, exc)
+
+        self._queue.put((idx, columns, resolve))
+        await done
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything queued so far is committed (for use off the loop)."""
+        event = threading.Event()
+        failure: list[BaseException] = []
+
+        def resolve(exc: BaseException | None) -> None:
+            if exc is not None:
+                failure.append(exc)
+            event.set()
+
+        self._queue.put((-1, None, resolve))
+        if not event.wait(timeout) and self._thread.is_alive():
+            raise CheckpointError("checkpoint writer did not finish in time")
+        if failure:
+            raise CheckpointWriteError(f"checkpoint write failed: {failure[0]}")
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put((-2, None, None))
+            self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        merged: dict[int, dict[str, Any]] = {}
+        callbacks: list[Callback] = []
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                idx, columns, callback = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                idx, columns, callback = -3, None, None
+            if columns is not None:
+                merged.setdefault(idx, {}).update(columns)
+            if callback is not None:
+                callbacks.append(callback)
+            if deadline is None:
+                deadline = time.monotonic() + self._interval
+            urgent = callback is not None or idx == -2
+            if urgent or time.monotonic() >= deadline:
+                self._commit(merged, callbacks)
+                merged, callbacks, deadline = {}, [], None
+            if idx == -2:
+                return
+
+    def _commit(self, merged: dict[int, dict[str, Any]], callbacks: list[Callback]) -> None:
+        error: BaseException | None = None
+        if merged:
+            try:
+                self._write(merged)
+                self.commits += 1
+            except (sqlite3.Error, OSError) as exc:
+                error = self.error = exc
+        for callback in callbacks:
+            callback(error)
+
+    def _write(self, merged: dict[int, dict[str, Any]]) -> None:
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for idx, columns in merged.items():
+            names = tuple(sorted(columns))
+            groups.setdefault(names, []).append((*(columns[n] for n in names), idx))
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            for names, rows in groups.items():
+                assert UPDATABLE.issuperset(names), names
+                sets = ", ".join(f"{n}=?" for n in names)
+                conn.executemany(f"UPDATE items SET {sets} WHERE idx=?", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(CheckpointWriteError(f"checkpoint write failed: {exc}"))
+
+
+TERMINAL_STATES = (DONE, FAILED, INVALID)

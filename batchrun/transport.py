@@ -1,0 +1,181 @@
+"""The one network hop: the Transport protocol and its aiohttp implementation.
+
+Everything above this module speaks `Transport` and never imports aiohttp, so the client,
+the poller and the runner can be tested with a fake transport and no sockets (httpx's
+transport split). This is also the only place that holds the API key: it is added to the
+headers of requests to trusted hosts here and nowhere else, and aiohttp's exceptions are
+translated to TransportError here (their text names the URL, never the headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from . import __version__
+from .config import is_loopback
+from .errors import TransportError
+
+USER_AGENT = f"batchrun/{__version__}"
+MAX_SSE_LINE_BYTES = 8 * 1024 * 1024  # NVCF caps an event at 4 MB
+
+
+class Response(Protocol):
+    """An HTTP answer whose body has not been read yet."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+
+    async def read(self) -> bytes: ...
+
+    def lines(self) -> AsyncIterator[bytes]: ...
+
+
+class Transport(Protocol):
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        time_limit: float,
+    ) -> AbstractAsyncContextManager[Response]: ...
+
+    async def close(self) -> None: ...
+
+
+class _AiohttpResponse:
+    __slots__ = ("_resp", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+
+    async def read(self) -> bytes:
+        return await self._resp.read()
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        # Split by hand: aiohttp's readline caps a line at its buffer size, and one SSE
+        # event with a long tool call can be bigger than that.
+        buffer = b""
+        async for chunk in self._resp.content.iter_any():
+            buffer += chunk
+            while True:
+                cut = buffer.find(b"\n")
+                if cut < 0:
+                    break
+                line, buffer = buffer[:cut], buffer[cut + 1 :]
+                yield line.rstrip(b"\r")
+            if len(buffer) > MAX_SSE_LINE_BYTES:
+                raise TransportError(f"stream line longer than {MAX_SSE_LINE_BYTES} bytes")
+        if buffer:
+            yield buffer.rstrip(b"\r")
+
+
+class AiohttpTransport:
+    """One keep-alive ClientSession for the whole job, created inside the running loop."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        trusted_urls: list[str],
+        connections: int,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        self.__key = api_key  # name-mangled: keeps it out of casual attribute dumps
+        self._trusted_hosts = {urlsplit(u).hostname for u in trusted_urls if urlsplit(u).hostname}
+        self._connections = connections
+        self._allow_insecure_http = allow_insecure_http
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AiohttpTransport(key={'set' if self.__key else 'none'}, hosts={self._trusted_hosts})"
+        )
+
+    def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": USER_AGENT},
+                # The read timeout per call is set per request; total=None here.
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    def _auth_headers(self, url: str) -> dict[str, str]:
+        """The key goes only to the endpoint's own hosts and to NVIDIA's, never over
+        plain http off this machine, and never to a redirect target such as S3."""
+        if not self.__key:
+            return {}
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if host not in self._trusted_hosts and not host.endswith(".nvidia.com"):
+            return {}
+        if parts.scheme != "https" and not (is_loopback(url) or self._allow_insecure_http):
+            return {}
+        return {"Authorization": f"Bearer {self.__key}"}
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        time_limit: float,
+    ) -> AsyncIterator[Response]:
+        session = self._session_or_new()
+        all_headers = {**headers, **self._auth_headers(url)}
+        client_timeout = aiohttp.ClientTimeout(total=time_limit, connect=min(time_limit, 60.0))
+        try:
+            async with session.request(
+                method,
+                url,
+                data=body,
+                headers=all_headers,
+                timeout=client_timeout,
+                allow_redirects=False,  # a 302 is a large NVCF result: handled by the client
+            ) as resp:
+                yield _AiohttpResponse(resp)
+        except TimeoutError:
+            raise TransportError(
+                f"{method} {_safe(url)}: no answer within {time_limit:g}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"{method} {_safe(url)}: {_describe(exc)}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            # Let the connector's transports finish closing (aiohttp's documented idiom).
+            await asyncio.sleep(0)
+
+
+def _safe(url: str) -> str:
+    """A URL without any query string (a presigned download URL carries credentials)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "answer was cut off"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"bad HTTP answer ({exc.status} {exc.message})"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,96 @@
+"""Shared fixtures: a loopback mock endpoint, input writers, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchrun.mock_server import MockServer, MockSettings
+
+REPO = Path(__file__).resolve().parent.parent
+# Config for end-to-end runs: fast polls and back-offs so tests take seconds, not minutes.
+FAST_CONFIG = """
+rpm = 100000
+concurrency = 16
+max_attempts = 6
+hold_seconds = 5
+min_poll_interval = 0.02
+backoff_base = 0.02
+backoff_max = 0.1
+grace = 5
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees a real key or the developer's settings."""
+    for name in list(os.environ):
+        if name.endswith("_API_KEY") or name.startswith("BATCHRUN_"):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def mock_server() -> Iterator[MockServer]:
+    """The mock endpoint on 127.0.0.1, a free port, in a background thread."""
+    with MockServer(MockSettings(seed=1234)) as server:
+        yield server
+
+
+@pytest.fixture
+def fast_config(tmp_path: Path) -> Path:
+    path = tmp_path / "fast.toml"
+    path.write_text(FAST_CONFIG)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    with path.open("w") as fh:
+        for row in rows:
+            fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+def prompts(n: int, prefix: str = "Question") -> list[dict[str, Any]]:
+    """n rows with unique prompts (so the mock's per-prompt counters map to rows)."""
+    return [{"id": f"r{i:05d}", "prompt": f"{prefix} {i}: what is {i} plus {i}?"} for i in range(n)]
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """`batchrun ARGS` in a subprocess, as a user would run it."""
+    full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    full_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "batchrun", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchrun", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )

@@ -102,6 +102,12 @@ def read_large_result(data: bytes, request_id: str | None) -> bytes:
         return archive.read(wanted)
 
 
+def _log_answer(method: str, url: str, resp: Response) -> None:
+    """Debug log of one exchange: method, URL, status, request id. Never headers we sent."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s -> %d %s", method, url, resp.status, resp.headers.get("nvcf-reqid", ""))
+
+
 class StatusUrls:
     """Where a request id is polled; switches once to the fallback (decision 1)."""
 
@@ -157,6 +163,7 @@ class EndpointClient:
         async with self._transport.request(
             "POST", self._chat_url, headers=headers, body=body, time_limit=self._timeout
         ) as resp:
+            _log_answer("POST", self._chat_url, resp)
             if resp.status == 200 and "text/event-stream" in resp.headers.get("content-type", ""):
                 return await self._read_stream(resp, started)
             return await self._answer(resp)
@@ -172,10 +179,9 @@ class EndpointClient:
                 headers=headers,
                 time_limit=self._poll_timeout,
             ) as resp:
+                _log_answer("GET", self.status_urls.url(request_id), resp)
                 if resp.status != 404:
-                    answer = await self._answer(resp)
-                    answer.request_id = answer.request_id or request_id
-                    return answer
+                    return await self._answer(resp, known_id=request_id)
                 body = await resp.read()
                 if is_problem_json(body, resp.headers.get("content-type", "")):
                     raise RequestExpired(f"request {request_id} expired or was already fetched")
@@ -188,13 +194,17 @@ class EndpointClient:
         async with self._transport.request(
             "GET", location, headers={"Accept": "*/*"}, time_limit=self._timeout
         ) as resp:
+            _log_answer("GET", location.split("?", 1)[0], resp)
             data = await resp.read()
+            if resp.status in (401, 403, 404, 410):
+                # Not our key (none is sent to a presigned URL): the link has expired.
+                raise RequestExpired(f"download of request {request_id} failed: HTTP {resp.status}")
             if resp.status != 200:
                 raise classify_status(resp.status, resp.headers, data, self._key_env)
         return read_large_result(data, request_id)
 
-    async def _answer(self, resp: Response) -> Answer:
-        request_id = resp.headers.get("nvcf-reqid")
+    async def _answer(self, resp: Response, known_id: str | None = None) -> Answer:
+        request_id = resp.headers.get("nvcf-reqid") or known_id
         status = resp.status
         if status == 202:
             await resp.read()  # empty, or a progress document; either way not the result

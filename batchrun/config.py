@@ -163,6 +163,10 @@ def _optional_positive_int(key: str, value: Any) -> int | None:
     return _positive_int(key, value)
 
 
+def _optional_limit(key: str, value: Any) -> int | None:
+    return None if value is None else _positive_int(key, value)
+
+
 def _positive_float(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{key} must be a number > 0, got {value!r}")
@@ -281,7 +285,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "checkpoint": _optional_string,
     "fresh": _bool,
     "retry_failed": _bool,
-    "limit": _optional_positive_int,
+    "limit": _optional_limit,
     "dry_run": _bool,
     "progress": _optional_bool,
     "grace": _non_negative_float,
@@ -332,8 +336,9 @@ def build_config(
                 raise ConfigError(f"{where}: unknown setting {key!r}{_did_you_mean(key)}")
             if where == "command line" and value is None:
                 continue
-            if key == "params" and "params" in merged:
-                value = {**merged["params"], **value}
+            if key == "params":  # merged across sources, so checked before merging
+                value = _params(key if where == "command line" else f"{where}: {key}", value)
+                value = {**merged.get("params", {}), **value}
             merged[key] = value
             origin[key] = where
     checked: dict[str, Any] = {}
@@ -388,7 +393,7 @@ def read_api_key(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> st
     key = env.get(cfg.api_key_env) or None
     host = urlsplit(cfg.base_url).hostname or ""
     if key is None:
-        if host.endswith("nvidia.com"):
+        if host == "nvidia.com" or host.endswith(".nvidia.com"):
             raise AuthError(
                 f"no API key: set the environment variable {cfg.api_key_env} "
                 f"(or name another one with --api-key-env)"

@@ -218,8 +218,10 @@ class BodyBuilder:
             return (self._prefix + messages + "}").encode(), stream
         body = {**self.template, **json.loads(overrides)}
         body["messages"] = json.loads(messages)
-        if body.get("stream") is True and "stream_options" not in body:
-            body["stream_options"] = {"include_usage": True}
+        if body.get("stream") is True:
+            body.setdefault("stream_options", {"include_usage": True})
+        else:
+            body.pop("stream_options", None)  # servers reject it without stream
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         return data, body.get("stream") is True
 

@@ -58,5 +58,6 @@ class Outcome:
     request_id: str | None = None
     status_code: int | None = None
     error: str | None = None
+    cause: str | None = None  # what kind of failure: "HTTP 422", "TransportError", ...
     latency_s: float | None = None
     raw: str | None = None  # the answer's body as received (or assembled from a stream)

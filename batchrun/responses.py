@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from .errors import ResponseFormatError
 from .records import Completion
 
 MAX_DETAIL_CHARS = 500
+_DECIMAL = re.compile(r"\d+(\.\d+)?")
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -288,18 +290,13 @@ def is_problem_json(body: bytes, content_type: str) -> bool:
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms`, `Retry-After` seconds, or an HTTP date."""
     raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
+    if raw_ms and _DECIMAL.fullmatch(raw_ms.strip()):
+        return float(raw_ms) / 1000
     raw = headers.get("retry-after")
     if not raw:
         return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    if _DECIMAL.fullmatch(raw.strip()):  # digits only: no "inf", "nan" or exponents
+        return float(raw)
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):

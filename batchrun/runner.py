@@ -407,6 +407,7 @@ class Engine:
                 "latency_s": outcome.latency_s,
                 "ttft_s": c.ttft_s,
                 "error": outcome.error,
+                "cause": outcome.cause,
                 "response": outcome.raw,
             },
         )
@@ -425,6 +426,7 @@ class Engine:
                 request_id=request_id or item.request_id,
                 status_code=status,
                 error=str(exc),
+                cause=_cause(exc),
                 latency_s=self._latency(item),
             ),
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -60,6 +61,7 @@ CREATE TABLE items (
     latency_s REAL,
     ttft_s REAL,
     error TEXT,
+    cause TEXT,
     response TEXT
 );
 CREATE UNIQUE INDEX items_row_id ON items (row_id);
@@ -78,29 +80,9 @@ ITEM_COLUMNS = (
     "est_tokens",
     "error",
 )
-UPDATABLE = frozenset(
-    {
-        "state",
-        "attempts",
-        "request_id",
-        "location",
-        "first_submit_at",
-        "finished_at",
-        "status_code",
-        "content",
-        "reasoning_content",
-        "tool_calls",
-        "finish_reason",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "model",
-        "latency_s",
-        "ttft_s",
-        "error",
-        "response",
-    }
-)
+# Columns a run may update: every items column but those written once from the inputs.
+_ITEMS_COLUMNS = re.findall(r"^\s+(\w+) (?:INTEGER|TEXT|REAL)", _M001, re.MULTILINE)
+UPDATABLE = frozenset(_ITEMS_COLUMNS) - frozenset(ITEM_COLUMNS) | {"state", "error"}
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -140,10 +122,19 @@ class Store:
     def open(cls, path: Path) -> Store:
         if not path.is_file():
             raise CheckpointError(f"{path}: no checkpoint here")
+        # Look before touching: connect() switches the file to WAL, which must not happen
+        # to somebody else's database.
         try:
-            conn = connect(path)
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                app_id = probe.execute("PRAGMA application_id").fetchone()[0]
+                row = None
+                if app_id == APP_ID:
+                    row = probe.execute(
+                        "SELECT value FROM meta WHERE key='schema_version'"
+                    ).fetchone()
+            finally:
+                probe.close()
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(f"{path}: not a batchrun checkpoint ({exc})") from None
         if app_id != APP_ID or row is None:
@@ -154,7 +145,7 @@ class Store:
                 f"{path}: written by a newer batchrun (checkpoint schema {version}, this "
                 f"version reads up to {SCHEMA_VERSION}); upgrade batchrun to resume it"
             )
-        return cls(path, conn)
+        return cls(path, connect(path))
 
     def close(self) -> None:
         self._conn.close()
@@ -222,7 +213,7 @@ class Store:
         ).rowcount
         if retry_failed:
             reset += self._conn.execute(
-                f"UPDATE items SET state=?, {clear}, error=NULL, status_code=NULL, "
+                f"UPDATE items SET state=?, {clear}, error=NULL, cause=NULL, status_code=NULL, "
                 "finished_at=NULL WHERE state=?",
                 (PENDING, FAILED),
             ).rowcount
@@ -252,12 +243,13 @@ class Store:
         return [(r[0], r[1]) for r in rows]
 
     def failure_causes(self, limit: int = 10) -> list[tuple[str, int]]:
+        """Failed rows grouped by cause (HTTP status or error class), with an example."""
         rows = self._conn.execute(
-            "SELECT coalesce(status_code, 0), substr(error, 1, 120), count(*) FROM items "
-            "WHERE state=? GROUP BY 1, 2 ORDER BY 3 DESC LIMIT ?",
+            "SELECT coalesce(cause, 'unknown'), count(*), max(error) FROM items "
+            "WHERE state=? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
             (FAILED, limit),
         ).fetchall()
-        return [(str(err), int(n)) for _code, err, n in rows]
+        return [(f"{cause} (e.g. {example})", int(n)) for cause, n, example in rows]
 
     def work_page(
         self, after_idx: int, limit: int, states: tuple[str, ...]
@@ -365,8 +357,13 @@ class CheckpointWriter:
             event.set()
 
         self._queue.put((-1, None, resolve))
-        if not event.wait(timeout) and self._thread.is_alive():
-            raise CheckpointError("checkpoint writer did not finish in time")
+        waited = 0.0
+        while not event.wait(0.5):
+            waited += 0.5
+            if not self._thread.is_alive():
+                raise CheckpointWriteError("checkpoint writer stopped unexpectedly")
+            if timeout is not None and waited >= timeout:
+                raise CheckpointWriteError("checkpoint writer did not finish in time")
         if failure:
             raise CheckpointWriteError(f"checkpoint write failed: {failure[0]}")
 
@@ -405,7 +402,7 @@ class CheckpointWriter:
             try:
                 self._write(merged)
                 self.commits += 1
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # any failure must reach the run
                 error = self.error = exc
         for callback in callbacks:
             callback(error)

@@ -48,5 +48,9 @@ demo: install
 	    df['content'] = df['content'].str.replace(chr(10), ' ').str.slice(-48); \
 	    print(df[['id', 'status', 'content', 'total_tokens', 'attempts']].head(8).to_string())"
 
+# 100 SIGKILL/resume cycles with faults on; prints lost/duplicated/resubmitted counts.
+crash-test: install
+	$(BIN)/python -m tests.crash_harness --cycles 100 --workdir $(OUT)/crash-test
+
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache *.egg-info

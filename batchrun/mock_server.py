@@ -105,6 +105,7 @@ class MockEndpoint:
         self.in_flight = 0
         self.max_in_flight = 0
         self.large_results: dict[str, bytes] = {}
+        self.polled_ids: set[str] = set()  # ids whose result a poll handed out
         self._marker_uses: Counter[tuple[str, str]] = Counter()
 
     def app(self) -> web.Application:
@@ -379,6 +380,7 @@ class MockEndpoint:
             return web.Response()  # the poller left: keep the result for its next poll
         if self.jobs.pop(job.request_id, None) is None:
             return self._problem(404, "Not Found")  # consumed by a concurrent poll
+        self.polled_ids.add(job.request_id)
         return self._deliver(request, job, None)  # billed at acceptance
 
     async def large(self, request: web.Request) -> web.StreamResponse:
@@ -473,6 +475,7 @@ class MockEndpoint:
             "codes": {str(k): v for k, v in sorted(self.codes.items())},
             "prompts": {k: asdict(v) for k, v in self.prompts.items()},
             "submit_times": list(self.submit_times),
+            "polled_ids": sorted(self.polled_ids),
         }
 
     async def configure(self, request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .faults import crash_point
 from .records import OUTPUT_STATUS
 from .store import Store
 
@@ -134,6 +135,7 @@ def write_output(store: Store, path: Path, *, page_rows: int = 8192) -> int:
             for rows in store.iter_results(page=page_rows):
                 writer.write_table(_page_table(rows, schema, extra))
                 written += len(rows)
+                crash_point("output")
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

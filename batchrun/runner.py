@@ -47,6 +47,7 @@ from .errors import (
     StatusError,
     TransportError,
 )
+from .faults import crash_point
 from .limits import Capacity, RateLimiter, Reservation
 from .payloads import BodyBuilder
 from .records import (
@@ -304,6 +305,7 @@ class Engine:
             body = await self.client.download(answer.location, answer.request_id)
             polled = True  # a download URL is handed out once too
         if polled and item.fetched is None and answer.completion is None:
+            crash_point("fetched")
             # Consume-once (decision 3): on disk before anything else is done with it.
             item.fetched = body.decode("utf-8", "replace")
             await self.sink.update_now(item.idx, {"state": FETCHED, "response": item.fetched})

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, CheckpointWriteError, DatasetError
+from .faults import crash_point
 from .records import DONE, FAILED, FETCHED, INFLIGHT, INVALID, PENDING, POLLING
 
 SCHEMA_VERSION = 1
@@ -419,6 +420,7 @@ class CheckpointWriter:
                 assert UPDATABLE.issuperset(names), names
                 sets = ", ".join(f"{n}=?" for n in names)
                 conn.executemany(f"UPDATE items SET {sets} WHERE idx=?", rows)
+            crash_point("commit")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

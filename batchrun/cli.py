@@ -131,6 +131,11 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds to let in-flight work finish after Ctrl-C. [default: 30]",
         ),
         click.option(
+            "--max-failures",
+            metavar="N|N%",
+            help="Stop (resumable, exit 1) once N rows, or N% of the rows finished, failed.",
+        ),
+        click.option(
             "--allow-insecure-http",
             is_flag=True,
             default=None,

@@ -69,6 +69,7 @@ class RunConfig:
     dry_run: bool = False
     progress: bool | None = None
     grace: float = 30.0
+    max_failures: str | None = None  # "N" rows, or "N%" of rows finished this run
     allow_insecure_http: bool = False
     # Tuning knobs, config-file only (documented in configs/local.toml).
     min_poll_interval: float = 1.0
@@ -165,6 +166,35 @@ def _optional_positive_int(key: str, value: Any) -> int | None:
 
 def _optional_limit(key: str, value: Any) -> int | None:
     return None if value is None else _positive_int(key, value)
+
+
+def _failure_budget(key: str, value: Any) -> str | None:
+    """`N` (rows) or `N%` (of the rows finished this run); an int N is taken as rows."""
+    if value is None:
+        return None
+    text = str(value).strip() if not isinstance(value, bool) else ""
+    number = text[:-1] if text.endswith("%") else text
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    whole = number.isdigit()
+    if text.endswith("%") and 0 < amount <= 100:
+        return text
+    if not text.endswith("%") and whole and amount >= 1:
+        return text
+    raise ConfigError(
+        f"{key} must be a number of rows (e.g. 50) or a percentage (e.g. 5%), got {value!r}"
+    )
+
+
+def failure_budget(spec: str | None) -> tuple[int | None, float | None]:
+    """(rows, percent) from a validated `max_failures` value."""
+    if spec is None:
+        return None, None
+    if spec.endswith("%"):
+        return None, float(spec[:-1])
+    return int(spec), None
 
 
 def _positive_float(key: str, value: Any) -> float:
@@ -289,6 +319,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "dry_run": _bool,
     "progress": _optional_bool,
     "grace": _non_negative_float,
+    "max_failures": _failure_budget,
     "allow_insecure_http": _bool,
     "min_poll_interval": _non_negative_float,
     "max_pause": _non_negative_float,

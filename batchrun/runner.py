@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .client import Answer, EndpointClient
-from .config import RunConfig
+from .config import RunConfig, failure_budget
 from .errors import (
     AuthError,
     BatchrunError,
@@ -65,6 +65,8 @@ from .responses import parse_completion
 
 log = logging.getLogger(__name__)
 
+# A percentage failure budget is judged only once this many rows have finished.
+FAILURE_SAMPLE = 20
 # A Retry-After above this pauses the whole job rather than one row (PROTOCOL.md decision 6).
 LONG_WAIT_S = 60.0
 POLL_RETRY_MAX_S = 2.0  # never back off long between polls: the id would expire
@@ -161,6 +163,7 @@ class Engine:
         self.stop = stop or StopSignal()
         self._wall = wall_clock
         self._rng = rng or random.Random()
+        self._max_failed, self._max_failed_pct = failure_budget(cfg.max_failures)
 
     # ---- stopping
 
@@ -417,6 +420,25 @@ class Engine:
             self.stats.ok += 1
         else:
             self.stats.failed += 1
+            self._check_failure_budget()
+
+    def _check_failure_budget(self) -> None:
+        """Stop an unattended job that is failing rows faster than the user allows."""
+        failed, finished = self.stats.failed, self.stats.finished
+        over = (self._max_failed is not None and failed >= self._max_failed) or (
+            self._max_failed_pct is not None
+            and finished >= FAILURE_SAMPLE
+            and 100.0 * failed / finished > self._max_failed_pct
+        )
+        if over and not self.stopping:
+            self.request_stop(
+                JobStopped(
+                    f"failure budget spent: {failed} of {finished} rows failed this run "
+                    f"(--max-failures {self.cfg.max_failures}). Rows not yet sent are kept; fix "
+                    "the cause and run the same command to resume (add --retry-failed to try "
+                    "the failed rows again)."
+                )
+            )
 
     def _fail(self, item: WorkItem, exc: BaseException) -> None:
         status = exc.status if isinstance(exc, StatusError) else None

@@ -13,6 +13,7 @@ from batchrun.config import (
     NVIDIA_MODEL,
     RunConfig,
     build_config,
+    failure_budget,
     fingerprint,
     identity_changes,
     load_toml,
@@ -162,6 +163,12 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("progress", "auto"),
     ("grace", -1),
     ("allow_insecure_http", "true"),
+    ("max_failures", "0"),
+    ("max_failures", "5.5"),
+    ("max_failures", "0%"),
+    ("max_failures", "101%"),
+    ("max_failures", "many"),
+    ("max_failures", True),
     ("min_poll_interval", -0.1),
     ("max_pause", -1),
     ("backoff_base", -1),
@@ -558,3 +565,12 @@ def test_params_that_are_not_tables_are_config_errors_when_merged(
 ) -> None:
     with pytest.raises(ConfigError, match="params"):
         build_config({"params": file_params}, {"params": cli_params}, source="job.toml")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(50, (50, None)), ("50", (50, None)), ("5%", (None, 5.0)), ("0.5%", (None, 0.5))],
+)
+def test_failure_budget_rows_or_percent(value: Any, expected: tuple[Any, Any]) -> None:
+    cfg = build_config(cli_values={"max_failures": value})
+    assert failure_budget(cfg.max_failures) == expected

@@ -131,6 +131,12 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds to let in-flight work finish after Ctrl-C. [default: 30]",
         ),
         click.option(
+            "--tools",
+            "tools_file",
+            type=click.Path(dir_okay=False),
+            help="JSON file of OpenAI tool definitions sent with every row.",
+        ),
+        click.option(
             "--max-failures",
             metavar="N|N%",
             help="Stop (resumable, exit 1) once N rows, or N% of the rows finished, failed.",

@@ -62,6 +62,9 @@ class RunConfig:
     thinking: bool = True
     params: Mapping[str, Any] = field(default_factory=dict)
     drop_params: tuple[str, ...] = ()
+    tools: tuple[Mapping[str, Any], ...] | None = None  # OpenAI tool definitions
+    tools_file: str | None = None  # a JSON file of them (--tools FILE)
+    tool_choice: str | Mapping[str, Any] | None = None
     checkpoint: str | None = None
     fresh: bool = False
     retry_failed: bool = False
@@ -94,6 +97,10 @@ class RunConfig:
         """
         body: dict[str, Any] = {"model": self.model, **BODY_DEFAULTS}
         body["chat_template_kwargs"] = {"enable_thinking": self.thinking}
+        if self.tools:
+            body["tools"] = [dict(t) for t in self.tools]
+        if self.tool_choice is not None:
+            body["tool_choice"] = self.tool_choice
         if self.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -114,6 +121,7 @@ class RunConfig:
         data["params"] = dict(self.params)
         data["inputs"] = list(self.inputs)
         data["drop_params"] = list(self.drop_params)
+        data["tools"] = [dict(t) for t in self.tools] if self.tools else None
         return data
 
     def identity(self, input_digests: list[str]) -> dict[str, Any]:
@@ -282,6 +290,41 @@ def _names(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _tools(key: str, value: Any) -> tuple[Mapping[str, Any], ...]:
+    """OpenAI tool definitions: a list of {"type": "function", "function": {"name": ...}}."""
+    if isinstance(value, Mapping) and "tools" in value:
+        value = value["tools"]  # a file holding {"tools": [...], ...}
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key} must be a non-empty list of tool definitions, got {value!r:.80}")
+    for n, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(tool, Mapping) or tool.get("type", "function") != "function":
+            raise ConfigError(f'{key}[{n}] must be an object with "type": "function"')
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise ConfigError(f"{key}[{n}].function.name must be a string")
+    return tuple(value)
+
+
+def _tool_choice(key: str, value: Any) -> str | Mapping[str, Any]:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, Mapping) and value:
+        return value
+    raise ConfigError(f'{key} must be "auto", "none", "required" or a table naming a function')
+
+
+def load_tools_file(key: str, path: str) -> tuple[Mapping[str, Any], ...]:
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{key}: {path} is not JSON ({exc.msg}, line {exc.lineno})") from None
+    return _tools(f"{key} ({path})", value)
+
+
 def _params(key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key} must be a table of request body fields, got {value!r}")
@@ -312,6 +355,9 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "thinking": _bool,
     "params": _params,
     "drop_params": _names,
+    "tools": _tools,
+    "tools_file": _optional_string,
+    "tool_choice": _tool_choice,
     "checkpoint": _optional_string,
     "fresh": _bool,
     "retry_failed": _bool,
@@ -344,6 +390,20 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for key in data:
         if key not in CONFIG_KEYS:
             raise ConfigError(f"{path}: unknown key {key!r}{_did_you_mean(key)}")
+    return _relative_to(path.parent, data)
+
+
+PATH_KEYS = ("inputs", "output", "checkpoint", "tools_file")
+
+
+def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Paths in a config file are relative to the file, so cron can run it from anywhere."""
+    for key in PATH_KEYS:
+        value = data.get(key)
+        if isinstance(value, str):
+            data[key] = str(folder / value) if value else value
+        elif key == "inputs" and isinstance(value, list):
+            data[key] = [str(folder / v) if isinstance(v, str) and v else v for v in value]
     return data
 
 
@@ -376,6 +436,10 @@ def build_config(
     for key, value in merged.items():
         label = key if origin[key] == "command line" else f"{origin[key]}: {key}"
         checked[key] = _VALIDATORS[key](label, value)
+    if checked.get("tools_file"):
+        if checked.get("tools"):
+            raise ConfigError("give tools or tools_file (--tools), not both")
+        checked["tools"] = load_tools_file("tools_file", checked["tools_file"])
     cfg = RunConfig(**checked)
     _check_consistency(cfg)
     return cfg

@@ -189,6 +189,9 @@ class Engine:
                 outcome = await self._outcome(item, answer)
             except _Stopped:
                 return
+            except AuthError as exc:
+                self.request_stop(exc)  # no other task may start a request after this
+                raise
             except RequestExpired as exc:
                 # The server forgot the id (expired or consumed): buy the answer again.
                 self.stats.rebuys += 1
@@ -200,11 +203,12 @@ class Engine:
                     return
                 continue
             except EndpointError as exc:
+                request_id = item.request_id
                 self._forget_request_if_consumed(item, exc)
                 self.stats.causes[_cause(exc)] += 1
                 tries += 1
                 if not exc.retryable or tries >= self.cfg.max_attempts:
-                    self._fail(item, exc)
+                    self._fail(item, exc, request_id)
                     return
                 self.stats.retries += 1
                 if not await self._wait_before_retry(item, exc, tries):
@@ -440,14 +444,14 @@ class Engine:
                 )
             )
 
-    def _fail(self, item: WorkItem, exc: BaseException) -> None:
+    def _fail(self, item: WorkItem, exc: BaseException, request_id: str | None = None) -> None:
         status = exc.status if isinstance(exc, StatusError) else None
-        request_id = exc.request_id if isinstance(exc, StatusError) else None
+        answer_id = exc.request_id if isinstance(exc, StatusError) else None
         self._record(
             item,
             Outcome(
                 FAILED,
-                request_id=request_id or item.request_id,
+                request_id=answer_id or request_id or item.request_id,
                 status_code=status,
                 error=str(exc),
                 cause=_cause(exc),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,13 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("progress", "auto"),
     ("grace", -1),
     ("allow_insecure_http", "true"),
+    ("tools", []),
+    ("tools", [{"type": "retrieval"}]),
+    ("tools", [{"type": "function", "function": {"description": "no name"}}]),
+    ("tools", "describe"),
+    ("tools_file", ""),
+    ("tool_choice", ""),
+    ("tool_choice", 3),
     ("max_failures", "0"),
     ("max_failures", "5.5"),
     ("max_failures", "0%"),
@@ -574,3 +582,45 @@ def test_params_that_are_not_tables_are_config_errors_when_merged(
 def test_failure_budget_rows_or_percent(value: Any, expected: tuple[Any, Any]) -> None:
     cfg = build_config(cli_values={"max_failures": value})
     assert failure_budget(cfg.max_failures) == expected
+
+
+TOOL = {"type": "function", "function": {"name": "name_a_color", "parameters": {"type": "object"}}}
+
+
+def test_tools_go_into_every_request_body() -> None:
+    cfg = build_config(cli_values={"tools": [TOOL], "tool_choice": "auto"})
+    body = cfg.body_template()
+    assert body["tools"] == [TOOL] and body["tool_choice"] == "auto"
+
+
+def test_tools_file_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "tools.json").write_text(json.dumps({"tools": [TOOL]}))
+    config = tmp_path / "conf" / "job.toml"
+    config.write_text('tools_file = "tools.json"\noutput = "out/r.parquet"\ninputs = ["d.jsonl"]\n')
+    cfg = build_config(load_toml(config), source=str(config))
+    assert cfg.body_template()["tools"] == [TOOL]
+    assert cfg.output == str(tmp_path / "conf" / "out" / "r.parquet")
+    assert cfg.inputs == (str(tmp_path / "conf" / "d.jsonl"),)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "is not JSON"),
+        ("[]", "non-empty list"),
+        ('[{"type": "function"}]', "function.name"),
+    ],
+)
+def test_bad_tools_file(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "tools.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        build_config(cli_values={"tools_file": str(path)})
+
+
+def test_tools_and_tools_file_together_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps([TOOL]))
+    with pytest.raises(ConfigError, match="not both"):
+        build_config({"tools": [TOOL]}, {"tools_file": str(path)})

@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT := out
+CODE := batchrun tests $(wildcard benchmarks/*.py)
 
 .PHONY: install lint fmt test unit e2e demo crash-test bench clean
 
@@ -17,12 +18,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 fmt: install
-	$(BIN)/ruff format batchrun tests benchmarks
-	$(BIN)/ruff check --fix batchrun tests benchmarks
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
 
 lint: install
-	$(BIN)/ruff format --check batchrun tests benchmarks
-	$(BIN)/ruff check batchrun tests benchmarks
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/ruff check $(CODE)
 	$(BIN)/mypy
 
 # The README's test command: lint, then every test (units, end-to-end, short crash test).

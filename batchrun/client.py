@@ -25,7 +25,6 @@ import time
 import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from .errors import (
     AuthError,
@@ -112,11 +111,7 @@ class StatusUrls:
     """Where a request id is polled; switches once to the fallback (decision 1)."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        parts = urlsplit(cfg.base_url)
-        self._values = {
-            "base_url": cfg.base_url.rstrip("/"),
-            "origin": f"{parts.scheme}://{parts.netloc}",
-        }
+        self._values = cfg.url_values()
         self.template = cfg.status_url
         self.fallback = cfg.status_url_fallback
         self.switched = False
@@ -152,12 +147,16 @@ class EndpointClient:
         self._poll_timeout = min(cfg.timeout, cfg.hold_seconds + POLL_READ_MARGIN)
         self._hold = str(cfg.hold_seconds)
         self.status_urls = StatusUrls(cfg)
+        self._assets_url = cfg.assets_url.format(**cfg.url_values())
 
-    async def submit(self, body: bytes, *, stream: bool) -> Answer:
+    async def submit(
+        self, body: bytes, *, stream: bool, extra_headers: Mapping[str, str] | None = None
+    ) -> Answer:
         headers = {
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else "application/json",
             "NVCF-POLL-SECONDS": self._hold,
+            **(extra_headers or {}),
         }
         started = time.monotonic()
         async with self._transport.request(
@@ -202,6 +201,39 @@ class EndpointClient:
             if resp.status != 200:
                 raise classify_status(resp.status, resp.headers, data, self._key_env)
         return read_large_result(data, request_id)
+
+    async def create_asset(self, content_type: str, description: str) -> tuple[str, str]:
+        """NVCF asset API, step 1: (asset id, presigned upload URL)."""
+        body = json.dumps({"contentType": content_type, "description": description}).encode()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        async with self._transport.request(
+            "POST", self._assets_url, headers=headers, body=body, time_limit=self._timeout
+        ) as resp:
+            _log_answer("POST", self._assets_url, resp)
+            data = await resp.read()
+            if resp.status != 200:
+                raise classify_status(resp.status, resp.headers, data, self._key_env)
+        try:
+            answer = json.loads(data)
+            return str(answer["assetId"]), str(answer["uploadUrl"])
+        except (ValueError, KeyError, TypeError):
+            raise ResponseFormatError("asset API answer without assetId/uploadUrl") from None
+
+    async def upload_asset(
+        self, url: str, data: bytes, content_type: str, description: str
+    ) -> None:
+        """Step 2: PUT the bytes; both headers must match what the asset was created with."""
+        headers = {"Content-Type": content_type, "x-amz-meta-nvcf-asset-description": description}
+        async with self._transport.request(
+            "PUT", url, headers=headers, body=data, time_limit=self._timeout
+        ) as resp:
+            _log_answer("PUT", url.split("?", 1)[0], resp)
+            answer = await resp.read()
+            if not 200 <= resp.status < 300:
+                error = classify_status(resp.status, resp.headers, answer, self._key_env)
+                if isinstance(error, AuthError):  # a presigned URL's 403 is not our key
+                    raise StatusError(resp.status, f"asset upload refused: {error}", retryable=True)
+                raise error
 
     async def _answer(self, resp: Response, known_id: str | None = None) -> Answer:
         request_id = resp.headers.get("nvcf-reqid") or known_id

@@ -26,6 +26,7 @@ from .errors import AuthError, ConfigError
 NVIDIA_BASE_URL = "https://integrate.api.nvidia.com/v1"
 NVIDIA_MODEL = "qwen/qwen3.5-397b-a17b"
 DEFAULT_STATUS_URL = "{base_url}/status/{request_id}"
+NVCF_ASSETS_URL = "https://api.nvcf.nvidia.com/v2/nvcf/assets"
 # PROTOCOL.md decision 1: where polls go once `{base_url}/status` proves not to exist.
 NVCF_STATUS_URL = "https://api.nvcf.nvidia.com/v2/nvcf/pexec/status/{request_id}"
 
@@ -58,6 +59,8 @@ class RunConfig:
     max_pending: int = 256
     status_url: str = DEFAULT_STATUS_URL
     status_url_fallback: str = NVCF_STATUS_URL
+    assets_url: str = NVCF_ASSETS_URL  # {origin} and {base_url} may be used
+    asset_upload: bool | None = None  # images over 180 KB via assets; None: on for NVIDIA
     stream: bool = False
     thinking: bool = True
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -88,6 +91,17 @@ class RunConfig:
 
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
+
+    def url_values(self) -> dict[str, str]:
+        """What `{base_url}` and `{origin}` mean in the URL templates."""
+        parts = urlsplit(self.base_url)
+        return {"base_url": self.base_url.rstrip("/"), "origin": f"{parts.scheme}://{parts.netloc}"}
+
+    def uses_assets(self) -> bool:
+        if self.asset_upload is not None:
+            return self.asset_upload
+        host = urlsplit(self.base_url).hostname or ""
+        return host == "nvidia.com" or host.endswith(".nvidia.com")
 
     def body_template(self) -> dict[str, Any]:
         """The request body every row starts from (row fields are merged over it).
@@ -259,6 +273,18 @@ def _status_template(key: str, value: Any) -> str:
     return template
 
 
+def _url_template(key: str, value: Any) -> str:
+    template = _string(key, value)
+    try:
+        filled = template.format(base_url="http://x", origin="http://x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"{key}: only {{base_url}} and {{origin}} may be used, got {template!r}"
+        ) from exc
+    _http_url(key, filled)
+    return template
+
+
 def _hold(key: str, value: Any) -> int:
     # NVCF rejects NVCF-POLL-SECONDS above 3600 with a 400 (PROTOCOL.md 2.1).
     if not _is_int(value) or not 1 <= value <= 3600:
@@ -351,6 +377,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "max_pending": _positive_int,
     "status_url": _status_template,
     "status_url_fallback": _status_template,
+    "assets_url": _url_template,
+    "asset_upload": _optional_bool,
     "stream": _bool,
     "thinking": _bool,
     "params": _params,

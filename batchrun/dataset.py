@@ -44,6 +44,7 @@ class SourceRow:
     loc: str
     data: dict[str, Any] | None
     error: str | None = None
+    base_dir: Path | None = None  # the input file's folder: relative image paths start here
 
 
 def _supported(path: Path) -> bool:
@@ -87,10 +88,11 @@ def file_digest(path: Path) -> str:
 def read_rows(files: list[InputFile]) -> Iterator[SourceRow]:
     """Every row of every file, in order."""
     for source in files:
-        if source.kind == "parquet":
-            yield from _read_parquet(source)
-        else:
-            yield from _read_jsonl(source)
+        rows = _read_parquet(source) if source.kind == "parquet" else _read_jsonl(source)
+        folder = source.path.parent
+        for row in rows:
+            row.base_dir = folder
+            yield row
 
 
 def _open_text_lines(path: Path) -> IO[bytes]:

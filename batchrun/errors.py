@@ -16,6 +16,7 @@ Row-level problems are *stored*, not raised: a row that the server rejects becom
         ├── TransportError            connect/read failure, timeout           -> retry
         ├── ResponseFormatError       2xx body that is not a chat completion  -> retry
         ├── RequestExpired            a polled id is unknown (expired/consumed) -> resubmit
+        ├── MediaError                a row's image vanished or changed            -> fail row
         └── StatusError               non-2xx answer; `retryable` says what to do
 
 Messages never contain the API key: the key lives only in the transport's headers and
@@ -103,6 +104,12 @@ class ResponseFormatError(EndpointError):
 
 class RequestExpired(EndpointError):
     """The status URL no longer knows a request id (problem+json 404): submit the row again."""
+
+
+class MediaError(EndpointError):
+    """A local image or video of a row cannot be sent (gone, unreadable, changed)."""
+
+    retryable = False
 
 
 class StatusError(EndpointError):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .assets import AssetUploader
 from .client import EndpointClient, StatusUrls
 from .config import RunConfig, fingerprint, identity_changes, read_api_key
 from .dataset import InputFile, expand_inputs, file_digest, read_rows
@@ -32,11 +33,12 @@ from .errors import (
 )
 from .limits import RateLimiter, RateWindow
 from .lock import CheckpointLock
+from .media import MediaResolver
 from .payloads import dump_extra, prepare_row
 from .records import DONE, FAILED, INVALID, PENDING
 from .results import ColumnKinds, write_output
 from .runner import Engine, RunStats, StopSignal, run_engine
-from .store import CheckpointWriter, Store, remove_checkpoint
+from .store import AssetCache, CheckpointWriter, Store, remove_checkpoint
 from .transport import AiohttpTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -265,6 +267,7 @@ async def _run_async(
         allow_insecure_http=cfg.allow_insecure_http,
     )
     writer = CheckpointWriter(store.path)
+    assets = AssetCache(store.path)
     try:
         stop = StopSignal()
         limiter = RateLimiter(
@@ -273,7 +276,10 @@ async def _run_async(
             expected_completion=min(cfg.body_template().get("max_tokens") or 512, 512),
         )
         client = EndpointClient(client_transport, cfg)
-        engine = Engine(cfg, client, limiter, writer, stats, stop=stop)
+        uploader = AssetUploader(client, assets) if cfg.uses_assets() else None
+        engine = Engine(
+            cfg, client, limiter, writer, stats, stop=stop, media=MediaResolver(uploader)
+        )
         _install_signal_handlers(engine)
         watching = asyncio.create_task(watcher.watch(stats)) if watcher else None
         try:
@@ -287,10 +293,12 @@ async def _run_async(
         await client_transport.close()
         await asyncio.to_thread(writer.flush)
         writer.close()
+        assets.close()
 
 
 def _status_hosts(cfg: RunConfig) -> list[str]:
-    return StatusUrls(cfg).all_templates()
+    """Every URL the key may go to besides the base URL: status and asset endpoints."""
+    return [*StatusUrls(cfg).all_templates(), cfg.assets_url.format(**cfg.url_values())]
 
 
 def _install_signal_handlers(engine: Engine) -> None:

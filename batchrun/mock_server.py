@@ -26,6 +26,7 @@ can prove that nothing was bought twice. `POST /_mock/config` changes settings l
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import random
@@ -61,7 +62,10 @@ class MockSettings:
     status_route: bool = True  # False: /v1/status answers a plain "404 page not found"
     expire_after: float = 0.0  # > 0: forget an id not polled for this long
     api_key: str | None = None  # set: require "Authorization: Bearer <key>"
-    reasoning_field: str = "reasoning_content"  # or "reasoning", or "think" (<think> tags)
+    reasoning_field: str = "reasoning_content"  # or "reasoning", "think", "think-no-open"
+    stream_usage: bool = True  # False: no usage chunk in streams (llama.cpp's server)
+    tool_call_stream: str = "index"  # streamed tool calls keyed by "index", "id", or "whole"
+    inline_image_max: int = 180_000  # larger base64 images are refused (use assets)
     seed: int | None = None
 
 
@@ -74,6 +78,7 @@ class _Job:
     polls_before_ready: int = 0
     expire_on_poll: bool = False
     large: bool = False
+    media: list[str] = field(default_factory=list)  # what the images were, for the answer
     touched: float = field(default_factory=time.monotonic)
     result: bytes | None = None
 
@@ -106,6 +111,8 @@ class MockEndpoint:
         self.max_in_flight = 0
         self.large_results: dict[str, bytes] = {}
         self.polled_ids: set[str] = set()  # ids whose result a poll handed out
+        self.assets: dict[str, dict[str, Any]] = {}  # asset id -> contentType, description, data
+        self.asset_uploads = 0
         self._marker_uses: Counter[tuple[str, str]] = Counter()
 
     def app(self) -> web.Application:
@@ -115,6 +122,8 @@ class MockEndpoint:
         app.router.add_get("/v2/nvcf/pexec/status/{request_id}", self.status)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/_mock/large/{token}", self.large)
+        app.router.add_post("/v2/nvcf/assets", self.create_asset)
+        app.router.add_put("/_mock/assets/{asset_id}", self.upload_asset)
         app.router.add_get("/_mock/stats", self.stats)
         app.router.add_post("/_mock/config", self.configure)
         app.router.add_post("/_mock/reset", self.reset_handler)
@@ -168,6 +177,8 @@ class MockEndpoint:
         body = job.body
         prompt = job.prompt
         content = f"Answer to: {prompt}"
+        if job.media:
+            content += f" [images: {', '.join(job.media)}]"
         thinking = (body.get("chat_template_kwargs") or {}).get("enable_thinking", False)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         reasoning = f"Thinking about: {prompt}" if thinking else None
@@ -175,6 +186,8 @@ class MockEndpoint:
             field_name = self.settings.reasoning_field
             if field_name == "think":
                 message["content"] = f"<think>{reasoning}</think>{content}"
+            elif field_name == "think-no-open":
+                message["content"] = f"{reasoning}</think>\n\n{content}"
             else:
                 message[field_name] = reasoning
         calls = _tool_calls(body, prompt)
@@ -229,6 +242,10 @@ class MockEndpoint:
         if not isinstance(messages, list) or not messages:
             return self._problem(422, "Unprocessable Entity", "messages: field required")
         prompt = _last_user_text(messages)
+        refs = request.headers.get("NVCF-INPUT-ASSET-REFERENCES", "")
+        media, refused = self._media(messages, refs)
+        if refused is not None:
+            return refused
         stats = self._stats_for(prompt)
         stats.submissions += 1
         now = time.monotonic()
@@ -246,12 +263,12 @@ class MockEndpoint:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            return await self._chat(request, body, prompt, hold)
+            return await self._chat(request, body, prompt, hold, media)
         finally:
             self.in_flight -= 1
 
     async def _chat(
-        self, request: web.Request, body: dict[str, Any], prompt: str, hold: int
+        self, request: web.Request, body: dict[str, Any], prompt: str, hold: int, media: list[str]
     ) -> web.StreamResponse:
         s = self.settings
         marker = self._marker(prompt)
@@ -272,6 +289,7 @@ class MockEndpoint:
             ready_at=time.monotonic() + latency,
             expire_on_poll=code == "expire",
             large=code == "302",
+            media=media,
         )
         if body.get("stream") and code not in ("202", "expire"):
             await asyncio.sleep(latency)
@@ -342,6 +360,72 @@ class MockEndpoint:
             )
         self._stats_for(job.prompt).delivered += 1
         return self._respond(200, result, headers=headers, content_type="application/json")
+
+    def _media(self, messages: list[Any], references: str) -> tuple[list[str], web.Response | None]:
+        """Sizes of the images a request carries, or the refusal NVIDIA would give."""
+        named = {r.strip() for r in references.split(",") if r.strip()}
+        sizes: list[str] = []
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            for part in content if isinstance(content, list) else []:
+                holder = (
+                    (part.get("image_url") or part.get("video_url"))
+                    if isinstance(part, dict)
+                    else None
+                )
+                url = holder.get("url") if isinstance(holder, dict) else None
+                if not isinstance(url, str):
+                    continue
+                if ";base64," in url:
+                    size = len(base64.b64decode(url.split(";base64,", 1)[1]))
+                    limit = self.settings.inline_image_max
+                    if limit and size > limit:
+                        detail = f"inline image of {size} bytes is over {limit}: use the asset API"
+                        return [], self._problem(422, "Unprocessable Entity", detail)
+                    sizes.append(f"{size} bytes inline")
+                elif ";asset_id," in url:
+                    asset_id = url.split(";asset_id,", 1)[1]
+                    asset = self.assets.get(asset_id)
+                    if asset is None or asset.get("data") is None:
+                        return [], self._problem(404, "Not Found", f"asset {asset_id} not found")
+                    if asset_id not in named:
+                        detail = f"asset {asset_id} missing from NVCF-INPUT-ASSET-REFERENCES"
+                        return [], self._problem(422, "Unprocessable Entity", detail)
+                    sizes.append(f"{len(asset['data'])} bytes asset")
+                else:
+                    sizes.append("url")
+        return sizes, None
+
+    async def create_asset(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._problem(401, "Unauthorized", "Authentication failed")
+        doc = await request.json()
+        asset_id = str(uuid.uuid4())
+        kind, description = doc.get("contentType"), doc.get("description")
+        self.assets[asset_id] = {"contentType": kind, "description": description, "data": None}
+        upload = f"{_origin(request)}/_mock/assets/{asset_id}?X-Amz-Signature=mock"
+        answer = {
+            "assetId": asset_id,
+            "uploadUrl": upload,
+            "contentType": kind,
+            "description": description,
+        }
+        return self._respond(200, answer)
+
+    async def upload_asset(self, request: web.Request) -> web.Response:
+        asset = self.assets.get(request.match_info["asset_id"])
+        if asset is None:
+            return self._respond(404, b"NoSuchKey", content_type="text/plain")
+        same = (
+            request.headers.get("Content-Type") == asset["contentType"]
+            and request.headers.get("x-amz-meta-nvcf-asset-description") == asset["description"]
+        )
+        if not same:  # S3 refuses a PUT whose headers differ from those it was signed for
+            error = b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
+            return self._respond(400, error, content_type="application/xml")
+        asset["data"] = await request.read()
+        self.asset_uploads += 1
+        return self._respond(200, b"")
 
     async def status_v1(self, request: web.Request) -> web.StreamResponse:
         if not self.settings.status_route:
@@ -423,27 +507,26 @@ class MockEndpoint:
                     _drop(request)
                     return resp
                 await send({"content": word})
+        mode = self.settings.tool_call_stream
         for index, call in enumerate(message.get("tool_calls") or []):
-            args = call["function"]["arguments"]
+            function = call["function"]
+            if mode == "whole":  # NIM style: whole calls, no index
+                await send({"tool_calls": [call]})
+                continue
+            args = function["arguments"]
             half = len(args) // 2
-            await send(
-                {
-                    "tool_calls": [
-                        {
-                            "index": index,
-                            "id": call["id"],
-                            "type": "function",
-                            "function": {
-                                "name": call["function"]["name"],
-                                "arguments": args[:half],
-                            },
-                        }
-                    ]
-                }
-            )
-            await send({"tool_calls": [{"index": index, "function": {"arguments": args[half:]}}]})
+            ref: dict[str, Any] = {"index": index} if mode == "index" else {"id": call["id"]}
+            head = {
+                **ref,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": function["name"], "arguments": args[:half]},
+            }
+            await send({"tool_calls": [head]})
+            await send({"tool_calls": [{**ref, "function": {"arguments": args[half:]}}]})
         await send({}, answer["choices"][0]["finish_reason"])
-        if (job.body.get("stream_options") or {}).get("include_usage"):
+        wants_usage = (job.body.get("stream_options") or {}).get("include_usage")
+        if wants_usage and self.settings.stream_usage:
             await resp.write(
                 b"data: "
                 + json.dumps({**base, "choices": [], "usage": answer["usage"]}).encode()
@@ -476,6 +559,7 @@ class MockEndpoint:
             "prompts": {k: asdict(v) for k, v in self.prompts.items()},
             "submit_times": list(self.submit_times),
             "polled_ids": sorted(self.polled_ids),
+            "asset_uploads": self.asset_uploads,
         }
 
     async def configure(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .dataset import SourceRow, jsonable
+from .media import MediaProblem, iter_media_parts, localize
 
 # Input keys that describe the request; everything else is passed through to the output.
 REQUEST_KEYS = frozenset(
@@ -72,7 +73,10 @@ def prepare_row(source: SourceRow) -> PreparedRow:
     extra = _passthrough(data)
     try:
         messages, overrides = _request_parts(data)
-    except RowProblem as exc:
+        overrides.update(_row_params(data.get("params")))
+        if data.get("images") is not None or any(iter_media_parts(messages)):
+            messages = localize(messages, data.get("images"), source.base_dir)
+    except (RowProblem, MediaProblem) as exc:
         return PreparedRow(row_id, source.loc, extra=extra, error=f"{source.loc}: {exc}")
     return PreparedRow(
         row_id=row_id,
@@ -121,6 +125,22 @@ def _request_parts(data: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     if has[0] == "messages":
         return _check_messages(data["messages"], "messages"), {}
     return _batch_line(data)
+
+
+def _row_params(params: Any) -> dict[str, Any]:
+    """A `params` column: request body fields for this row (a JSON object or its text)."""
+    if params is None:
+        return {}
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except json.JSONDecodeError as exc:
+            raise RowProblem(f"params is a string that is not JSON ({exc.msg})") from None
+    if not isinstance(params, dict):
+        raise RowProblem("params must be a JSON object of request body fields")
+    if "messages" in params:
+        raise RowProblem("params cannot set messages")
+    return params
 
 
 def _prompt_messages(data: dict[str, Any]) -> list[dict[str, Any]]:

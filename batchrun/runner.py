@@ -49,6 +49,7 @@ from .errors import (
 )
 from .faults import crash_point
 from .limits import Capacity, RateLimiter, Reservation
+from .media import MediaResolver, has_local_media
 from .payloads import BodyBuilder
 from .records import (
     DONE,
@@ -150,6 +151,7 @@ class Engine:
         stats: RunStats | None = None,
         *,
         stop: StopSignal | None = None,
+        media: MediaResolver | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -161,6 +163,7 @@ class Engine:
         self.builder = BodyBuilder(cfg.body_template())
         self.submit_slots = asyncio.Semaphore(cfg.concurrency)
         self.stop = stop or StopSignal()
+        self.media = media or MediaResolver(None)
         self._wall = wall_clock
         self._rng = rng or random.Random()
         self._max_failed, self._max_failed_pct = failure_budget(cfg.max_failures)
@@ -235,9 +238,13 @@ class Engine:
         return await self._poll_until_final(item), reservation
 
     async def _submit(self, item: WorkItem) -> tuple[Answer, Reservation]:
-        body, stream = self.builder.build_with_stream(
-            item.messages, item.overrides, self.cfg.stream
-        )
+        messages, headers = item.messages, None
+        if has_local_media(messages):
+            # Inline or upload the row's local images first: uploads hold no submit slot.
+            messages, asset_ids = await self.media.resolve(messages)
+            if asset_ids:
+                headers = {"NVCF-INPUT-ASSET-REFERENCES": ",".join(asset_ids)}
+        body, stream = self.builder.build_with_stream(messages, item.overrides, self.cfg.stream)
         async with self.submit_slots:
             if self.stopping:
                 raise _Stopped
@@ -258,7 +265,7 @@ class Engine:
             self.stats.submissions += 1
             self.stats.in_flight += 1
             try:
-                answer = await self.client.submit(body, stream=stream)
+                answer = await self.client.submit(body, stream=stream, extra_headers=headers)
             except StatusError as exc:
                 if exc.status == 429:
                     self._rate_limited(exc)

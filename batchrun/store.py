@@ -66,6 +66,7 @@ CREATE TABLE items (
     response TEXT
 );
 CREATE UNIQUE INDEX items_row_id ON items (row_id);
+CREATE TABLE assets (sha256 TEXT PRIMARY KEY, asset_id TEXT NOT NULL, uploaded_at REAL NOT NULL);
 """
 MIGRATIONS: list[tuple[str, str]] = [("m001_initial", _M001)]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -309,6 +310,38 @@ class Store:
 
     def row_count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+
+class AssetCache:
+    """NVCF asset ids by file sha256 (assets.py), on a connection of its own.
+
+    Rare and small writes (one per uploaded file), committed at once so a resumed job never
+    uploads twice; calls run in a thread so the event loop does not wait on disk.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._conn = connect(path)
+        self._lock = asyncio.Lock()
+
+    async def get(self, sha256: str) -> tuple[str, float] | None:
+        async with self._lock:
+            row = await asyncio.to_thread(
+                lambda: self._conn.execute(
+                    "SELECT asset_id, uploaded_at FROM assets WHERE sha256=?", (sha256,)
+                ).fetchone()
+            )
+        return None if row is None else (str(row[0]), float(row[1]))
+
+    async def put(self, sha256: str, asset_id: str, uploaded_at: float) -> None:
+        async with self._lock:
+            await asyncio.to_thread(
+                self._conn.execute,
+                "INSERT OR REPLACE INTO assets VALUES (?, ?, ?)",
+                (sha256, asset_id, uploaded_at),
+            )
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 Callback = Callable[[BaseException | None], None]

@@ -137,6 +137,12 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="JSON file of OpenAI tool definitions sent with every row.",
         ),
         click.option(
+            "--output-format",
+            type=click.Choice(["parquet", "openai-jsonl", "both"]),
+            help="parquet, openai-jsonl (OpenAI Batch API output lines), or both. "
+            "[default: parquet]",
+        ),
+        click.option(
             "--max-failures",
             metavar="N|N%",
             help="Stop (resumable, exit 1) once N rows, or N% of the rows finished, failed.",
@@ -227,22 +233,28 @@ def status(path: str, as_json: bool, ids: int) -> None:
 @main.command(context_settings=CONTEXT)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Parquet file to write."
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write."
 )
-def export(checkpoint: str, output: str) -> None:
+@click.option(
+    "--output-format",
+    type=click.Choice(["parquet", "openai-jsonl", "both"]),
+    default="parquet",
+    show_default=True,
+)
+def export(checkpoint: str, output: str, output_format: str) -> None:
     """Write the results in CHECKPOINT to OUTPUT, even while the job runs."""
-    from .results import write_output
+    from .results import write_outputs
     from .store import Store
 
     try:
         store = Store.open(Path(checkpoint))
         try:
-            rows = write_output(store, Path(output))
+            paths = write_outputs(store, Path(output), output_format)
         finally:
             store.close()
     except BatchrunError as exc:
         _fail(exc)
-    click.echo(f"wrote {rows} rows to {output}", err=True)
+    click.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
 
 
 @main.command("mock-server", context_settings=CONTEXT)

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 POLL_READ_MARGIN = 60.0
+MAX_ERROR_BODY = 64 * 1024  # an error body kept with its row
 
 
 @dataclass(slots=True)
@@ -79,6 +80,7 @@ def classify_status(
         retryable=status in RETRY_STATUSES,
         retry_after=parse_retry_after(headers),
         request_id=headers.get("nvcf-reqid"),
+        body=body[:MAX_ERROR_BODY].decode("utf-8", "replace"),
     )
 
 

@@ -76,6 +76,7 @@ class RunConfig:
     progress: bool | None = None
     grace: float = 30.0
     max_failures: str | None = None  # "N" rows, or "N%" of rows finished this run
+    output_format: str = "parquet"  # or "openai-jsonl", or "both"
     allow_insecure_http: bool = False
     # Tuning knobs, config-file only (documented in configs/local.toml).
     min_poll_interval: float = 1.0
@@ -188,6 +189,13 @@ def _optional_positive_int(key: str, value: Any) -> int | None:
 
 def _optional_limit(key: str, value: Any) -> int | None:
     return None if value is None else _positive_int(key, value)
+
+
+def _output_format(key: str, value: Any) -> str:
+    allowed = ("parquet", "openai-jsonl", "both")
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
 
 
 def _failure_budget(key: str, value: Any) -> str | None:
@@ -394,6 +402,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "progress": _optional_bool,
     "grace": _non_negative_float,
     "max_failures": _failure_budget,
+    "output_format": _output_format,
     "allow_insecure_http": _bool,
     "min_poll_interval": _non_negative_float,
     "max_pause": _non_negative_float,

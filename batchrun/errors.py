@@ -123,8 +123,10 @@ class StatusError(EndpointError):
         retryable: bool,
         retry_after: float | None = None,
         request_id: str | None = None,
+        body: str | None = None,
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status = status
         self.retryable = retryable
         self.request_id = request_id
+        self.body = body  # the answer's body as text (kept for the OpenAI batch output)

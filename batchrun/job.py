@@ -36,7 +36,7 @@ from .lock import CheckpointLock
 from .media import MediaResolver
 from .payloads import dump_extra, prepare_row
 from .records import DONE, FAILED, INVALID, PENDING
-from .results import ColumnKinds, write_output
+from .results import ColumnKinds, write_outputs
 from .runner import Engine, RunStats, StopSignal, run_engine
 from .store import AssetCache, CheckpointWriter, Store, remove_checkpoint
 from .transport import AiohttpTransport, Transport
@@ -52,6 +52,7 @@ class JobResult:
 
     exit_code: int
     output: Path
+    outputs: list[Path]
     checkpoint: Path
     counts: dict[str, int]
     totals: dict[str, int]
@@ -222,11 +223,12 @@ def run_job(
                 asyncio.run(_run_async(cfg, store, api_key, stats, watcher, transport))
             except BatchrunError as exc:
                 stopped = exc
-            write_output(store, output)
+            outputs = write_outputs(store, output, cfg.output_format)
             counts = store.counts()
             return JobResult(
                 exit_code=_exit_code(counts, stopped),
-                output=output,
+                output=outputs[0],
+                outputs=outputs,
                 checkpoint=cfg.checkpoint_path,
                 counts=counts,
                 totals=store.totals(),

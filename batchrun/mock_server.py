@@ -88,6 +88,7 @@ class _PromptStats:
     submissions: int = 0
     billed: int = 0
     delivered: int = 0
+    last_body: dict[str, Any] = field(default_factory=dict)  # without the messages
 
 
 class MockEndpoint:
@@ -248,6 +249,7 @@ class MockEndpoint:
             return refused
         stats = self._stats_for(prompt)
         stats.submissions += 1
+        stats.last_body = {k: v for k, v in body.items() if k != "messages"}
         now = time.monotonic()
         self.submit_times.append(now)
         if any(j.prompt == prompt for j in self.jobs.values()):

@@ -86,7 +86,7 @@ def format_summary(result: JobResult, argv: list[str] | None = None) -> str:
         lines.append(f"  {stats.no_usage} answers came without token usage (usage left empty)")
     for cause, n in result.failure_causes:
         lines.append(f"  failed x{n}: {cause}")
-    lines.append(f"  output: {result.output}")
+    lines.append("  output: " + ", ".join(str(p) for p in result.outputs))
     lines.append(f"  checkpoint: {result.checkpoint}")
     if result.stopped is not None:
         lines.append(f"stopped: {result.stopped}")

@@ -1,4 +1,4 @@
-"""Checkpoint -> the result Parquet file (SPEC.md "Output"). The only Parquet writer.
+"""Checkpoint -> the result file: Parquet (SPEC.md "Output"), or OpenAI Batch API JSONL.
 
 The output is an export of the checkpoint and can be rewritten at any time, mid-run
 included: rows are streamed from SQLite in input order, one row group per page, into a
@@ -11,6 +11,7 @@ type (bool, int, float, string; ints mixed with floats become float); anything e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -142,3 +143,89 @@ def write_output(store: Store, path: Path, *, page_rows: int = 8192) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return written
+
+
+# ---------------------------------------------------------------- OpenAI batch output
+
+
+def openai_line(row: tuple[Any, ...]) -> dict[str, Any] | None:
+    """One OpenAI Batch API output line for a finished row (None while unfinished).
+
+    HTTP answers go in `response` (status_code, request_id, body), as OpenAI and vLLM's
+    run-batch write them; failures with no HTTP answer (timeouts, invalid rows) in `error`.
+    """
+    (_idx, row_id, state, *_rest) = row
+    status = OUTPUT_STATUS.get(state)
+    if status is None:
+        return None
+    request_id, error, response, status_code = row[11], row[15], row[17], row[18]
+    line: dict[str, Any] = {
+        "id": "batch_req_" + hashlib.sha256(row_id.encode()).hexdigest()[:24],
+        "custom_id": row_id,
+        "response": None,
+        "error": None,
+    }
+    if status == "ok" or status_code is not None:
+        line["response"] = {
+            "status_code": 200 if status == "ok" else status_code,
+            "request_id": request_id,
+            "body": _json_or_text(response),
+        }
+    else:
+        code = "invalid_request" if status == "invalid" else "request_failed"
+        line["error"] = {"code": code, "message": error}
+    return line
+
+
+def _json_or_text(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"error": {"message": text}}
+
+
+def write_openai_jsonl(store: Store, path: Path) -> int:
+    """Every finished row as an OpenAI Batch API output line, atomically. Returns lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    written = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for rows in store.iter_results():
+                for row in rows:
+                    line = openai_line(row)
+                    if line is not None:
+                        fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+                        written += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
+
+
+OUTPUT_FORMATS = ("parquet", "openai-jsonl", "both")
+
+
+def output_paths(output: Path, output_format: str) -> dict[str, Path]:
+    """Which files a run writes: Parquet at OUTPUT, JSONL at OUTPUT, or both side by side."""
+    if output_format == "parquet":
+        return {"parquet": output}
+    if output_format == "openai-jsonl":
+        return {"openai-jsonl": output}
+    beside = (
+        output.with_suffix(".jsonl") if output.suffix == ".parquet" else Path(f"{output}.jsonl")
+    )
+    return {"parquet": output, "openai-jsonl": beside}
+
+
+def write_outputs(store: Store, output: Path, output_format: str) -> list[Path]:
+    paths = output_paths(output, output_format)
+    if "parquet" in paths:
+        write_output(store, paths["parquet"])
+    if "openai-jsonl" in paths:
+        write_openai_jsonl(store, paths["openai-jsonl"])
+    return list(paths.values())

@@ -454,6 +454,7 @@ class Engine:
     def _fail(self, item: WorkItem, exc: BaseException, request_id: str | None = None) -> None:
         status = exc.status if isinstance(exc, StatusError) else None
         answer_id = exc.request_id if isinstance(exc, StatusError) else None
+        body = exc.body if isinstance(exc, StatusError) else None
         self._record(
             item,
             Outcome(
@@ -463,6 +464,7 @@ class Engine:
                 error=str(exc),
                 cause=_cause(exc),
                 latency_s=self._latency(item),
+                raw=body,
             ),
         )
 

@@ -174,6 +174,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("tools_file", ""),
     ("tool_choice", ""),
     ("tool_choice", 3),
+    ("output_format", "csv"),
     ("max_failures", "0"),
     ("max_failures", "5.5"),
     ("max_failures", "0%"),

@@ -14,6 +14,16 @@ DONE = "done"
 FAILED = "failed"
 INVALID = "invalid"
 
+# What a finished row writes, in this order (one fixed-shape tuple per row keeps the
+# checkpoint writer's per-row work small). attempts and first_submit_at are included so this
+# one update is the row's whole story.
+FINAL_COLUMNS = (
+    "state", "attempts", "first_submit_at", "finished_at", "status_code", "request_id",
+    "content", "reasoning_content", "tool_calls", "finish_reason", "prompt_tokens",
+    "completion_tokens", "total_tokens", "model", "latency_s", "ttft_s", "error", "cause",
+    "response",
+)  # fmt: skip
+
 # Output `status` per state; anything unfinished is reported as `pending`.
 OUTPUT_STATUS = {DONE: "ok", FAILED: "failed", INVALID: "invalid"}
 

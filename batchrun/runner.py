@@ -79,6 +79,10 @@ class Sink(Protocol):
 
     def update(self, idx: int, columns: dict[str, Any]) -> None: ...
 
+    def submitted(self, idx: int, attempts: int, first_submit_at: float | None) -> None: ...
+
+    def finished(self, idx: int, values: tuple[Any, ...]) -> None: ...
+
     async def update_now(self, idx: int, columns: dict[str, Any]) -> None: ...
 
 
@@ -254,14 +258,7 @@ class Engine:
             item.attempts += 1
             if item.first_submit_at is None:
                 item.first_submit_at = self._wall()
-            self.sink.update(
-                item.idx,
-                {
-                    "state": INFLIGHT,
-                    "attempts": item.attempts,
-                    "first_submit_at": item.first_submit_at,
-                },
-            )
+            self.sink.submitted(item.idx, item.attempts, item.first_submit_at)
             self.stats.submissions += 1
             self.stats.in_flight += 1
             try:
@@ -403,30 +400,17 @@ class Engine:
 
     def _record(self, item: WorkItem, outcome: Outcome) -> None:
         c = outcome.completion
-        self.sink.update(
+        tool_calls = json.dumps(c.tool_calls, ensure_ascii=False) if c.tool_calls else None
+        self.sink.finished(
             item.idx,
-            {
-                "state": outcome.state,
-                "finished_at": self._wall(),
-                "status_code": outcome.status_code,
-                "request_id": outcome.request_id,
-                "content": c.content,
-                "reasoning_content": c.reasoning_content,
-                "tool_calls": json.dumps(c.tool_calls, ensure_ascii=False)
-                if c.tool_calls
-                else None,
-                "finish_reason": c.finish_reason,
-                "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens,
-                "total_tokens": c.total_tokens,
-                "model": c.model,
-                "latency_s": outcome.latency_s,
-                "ttft_s": c.ttft_s,
-                "error": outcome.error,
-                "cause": outcome.cause,
-                "response": outcome.raw,
-            },
-        )
+            (  # records.FINAL_COLUMNS order
+                outcome.state, item.attempts, item.first_submit_at, self._wall(),
+                outcome.status_code, outcome.request_id, c.content, c.reasoning_content,
+                tool_calls, c.finish_reason, c.prompt_tokens, c.completion_tokens,
+                c.total_tokens, c.model, outcome.latency_s, c.ttft_s, outcome.error,
+                outcome.cause, outcome.raw,
+            ),
+        )  # fmt: skip
         if outcome.state == DONE:
             self.stats.ok += 1
         else:

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import CheckpointError, CheckpointWriteError, DatasetError
 from .faults import crash_point
-from .records import DONE, FAILED, FETCHED, INFLIGHT, INVALID, PENDING, POLLING
+from .records import DONE, FAILED, FETCHED, FINAL_COLUMNS, INFLIGHT, INVALID, PENDING, POLLING
 
 SCHEMA_VERSION = 1
 FLUSH_INTERVAL_S = 0.1
@@ -347,37 +347,97 @@ class AssetCache:
 Callback = Callable[[BaseException | None], None]
 
 
+_GENERIC, _SUBMITTED, _FINAL, _FLUSH, _STOP, _TICK = range(6)
+_SUBMITTED_SQL = "UPDATE items SET state=?, attempts=?, first_submit_at=? WHERE idx=?"
+_FINAL_SQL = f"UPDATE items SET {', '.join(f'{c}=?' for c in FINAL_COLUMNS)} WHERE idx=?"
+
+
+class _Batch:
+    """Updates gathered between two commits, merged per row.
+
+    Order within a row is kept by applying, per commit: submissions, then other updates
+    (merged in arrival order), then final outcomes. A final outcome carries every column a
+    run writes, so earlier updates of that row in the same batch are skipped.
+    """
+
+    __slots__ = ("callbacks", "finals", "generic", "submitted")
+
+    def __init__(self) -> None:
+        self.generic: dict[int, dict[str, Any]] = {}
+        self.submitted: dict[int, tuple[Any, ...]] = {}
+        self.finals: dict[int, tuple[Any, ...]] = {}
+        self.callbacks: list[Callback] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.generic or self.submitted or self.finals)
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        finals = self.finals
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for idx, columns in self.generic.items():
+            if idx in finals:
+                continue
+            names = tuple(sorted(columns))
+            groups.setdefault(names, []).append((*(columns[n] for n in names), idx))
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
+                _SUBMITTED_SQL,
+                [(INFLIGHT, *v, idx) for idx, v in self.submitted.items() if idx not in finals],
+            )
+            for names, rows in groups.items():
+                if not UPDATABLE.issuperset(names):
+                    raise CheckpointError(
+                        f"not an updatable column: {sorted(set(names) - UPDATABLE)}"
+                    )
+                sets = ", ".join(f"{n}=?" for n in names)
+                conn.executemany(f"UPDATE items SET {sets} WHERE idx=?", rows)
+            conn.executemany(_FINAL_SQL, [(*v, idx) for idx, v in finals.items()])
+            crash_point("commit")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
 class CheckpointWriter:
-    """The writer thread. Updates are `{column: value}` per row index, merged and batched."""
+    """The writer thread: row updates queued from the event loop, committed in batches."""
 
     def __init__(self, path: Path, *, interval: float = FLUSH_INTERVAL_S) -> None:
         self._conn = connect(path)
         self._interval = interval
-        self._queue: queue.SimpleQueue[tuple[int, dict[str, Any] | None, Callback | None]] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[tuple[int, int, Any, Callback | None]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="batchrun-checkpoint", daemon=True)
         self.error: BaseException | None = None
         self.commits = 0
         self._thread.start()
 
-    def update(self, idx: int, columns: dict[str, Any]) -> None:
-        """Queue an update; durable within FLUSH_INTERVAL_S plus one commit."""
+    def _put(self, kind: int, idx: int, payload: Any, callback: Callback | None = None) -> None:
         if self.error is not None:
             raise CheckpointWriteError(f"checkpoint write failed: {self.error}")
-        self._queue.put((idx, columns, None))
+        self._queue.put((kind, idx, payload, callback))
+
+    def update(self, idx: int, columns: dict[str, Any]) -> None:
+        """Queue an update; durable within FLUSH_INTERVAL_S plus one commit."""
+        self._put(_GENERIC, idx, columns)
+
+    def submitted(self, idx: int, attempts: int, first_submit_at: float | None) -> None:
+        """The row was sent (again): it is in flight, with this many submissions."""
+        self._put(_SUBMITTED, idx, (attempts, first_submit_at))
+
+    def finished(self, idx: int, values: tuple[Any, ...]) -> None:
+        """The row's final outcome, values in records.FINAL_COLUMNS order."""
+        self._put(_FINAL, idx, values)
 
     async def update_now(self, idx: int, columns: dict[str, Any]) -> None:
         """Queue an update and return once it (and all before it) is committed."""
-        if self.error is not None:
-            raise CheckpointWriteError(f"checkpoint write failed: {self.error}")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
         def resolve(exc: BaseException | None) -> None:
             loop.call_soon_threadsafe(_settle, done, exc)
 
-        self._queue.put((idx, columns, resolve))
+        self._put(_GENERIC, idx, columns, resolve)
         await done
 
     def flush(self, timeout: float | None = None) -> None:
@@ -390,7 +450,7 @@ class CheckpointWriter:
                 failure.append(exc)
             event.set()
 
-        self._queue.put((-1, None, resolve))
+        self._queue.put((_FLUSH, -1, None, resolve))
         waited = 0.0
         while not event.wait(0.5):
             waited += 0.5
@@ -403,61 +463,46 @@ class CheckpointWriter:
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._queue.put((-2, None, None))
+            self._queue.put((_STOP, -1, None, None))
             self._thread.join()
         self._conn.close()
 
     def _run(self) -> None:
-        merged: dict[int, dict[str, Any]] = {}
-        callbacks: list[Callback] = []
+        batch = _Batch()
         deadline: float | None = None
+        get = self._queue.get
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                idx, columns, callback = self._queue.get(timeout=timeout)
+                kind, idx, payload, callback = get(timeout=timeout)
             except queue.Empty:
-                idx, columns, callback = -3, None, None
-            if columns is not None:
-                merged.setdefault(idx, {}).update(columns)
+                kind, idx, payload, callback = _TICK, -1, None, None
+            if kind == _FINAL:
+                batch.finals[idx] = payload
+            elif kind == _SUBMITTED:
+                batch.submitted[idx] = payload
+            elif kind == _GENERIC:
+                batch.generic.setdefault(idx, {}).update(payload)
             if callback is not None:
-                callbacks.append(callback)
+                batch.callbacks.append(callback)
             if deadline is None:
                 deadline = time.monotonic() + self._interval
-            urgent = callback is not None or idx == -2
-            if urgent or time.monotonic() >= deadline:
-                self._commit(merged, callbacks)
-                merged, callbacks, deadline = {}, [], None
-            if idx == -2:
+            if callback is not None or kind == _STOP or time.monotonic() >= deadline:
+                self._commit(batch)
+                batch, deadline = _Batch(), None
+            if kind == _STOP:
                 return
 
-    def _commit(self, merged: dict[int, dict[str, Any]], callbacks: list[Callback]) -> None:
+    def _commit(self, batch: _Batch) -> None:
         error: BaseException | None = None
-        if merged:
+        if batch:
             try:
-                self._write(merged)
+                batch.write(self._conn)
                 self.commits += 1
             except Exception as exc:  # any failure must reach the run
                 error = self.error = exc
-        for callback in callbacks:
+        for callback in batch.callbacks:
             callback(error)
-
-    def _write(self, merged: dict[int, dict[str, Any]]) -> None:
-        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        for idx, columns in merged.items():
-            names = tuple(sorted(columns))
-            groups.setdefault(names, []).append((*(columns[n] for n in names), idx))
-        conn = self._conn
-        conn.execute("BEGIN")
-        try:
-            for names, rows in groups.items():
-                assert UPDATABLE.issuperset(names), names
-                sets = ", ".join(f"{n}=?" for n in names)
-                conn.executemany(f"UPDATE items SET {sets} WHERE idx=?", rows)
-            crash_point("commit")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -26,7 +26,7 @@ from batchrun.client import EndpointClient
 from batchrun.config import RunConfig, build_config
 from batchrun.errors import AuthError, Interrupted, JobStopped, TransportError
 from batchrun.limits import RateLimiter, RateWindow
-from batchrun.records import WorkItem
+from batchrun.records import FINAL_COLUMNS, WorkItem
 from batchrun.runner import POLL_RETRY_MAX_S, Engine, RunStats, StopSignal, dispatch, run_engine
 from batchrun.store import CheckpointWriter, Store
 
@@ -236,6 +236,13 @@ class FakeSink:
         await asyncio.sleep(0)
         self.events.append(("update_now", idx, dict(columns)))
         self.rows.setdefault(idx, {}).update(columns)
+
+    def submitted(self, idx: int, attempts: int, first_submit_at: float | None) -> None:
+        cols = {"state": "inflight", "attempts": attempts, "first_submit_at": first_submit_at}
+        self.update(idx, cols)
+
+    def finished(self, idx: int, values: tuple[Any, ...]) -> None:
+        self.update(idx, dict(zip(FINAL_COLUMNS, values, strict=True)))
 
     def states(self, idx: int = 0) -> list[tuple[str, str]]:
         return [

@@ -19,7 +19,6 @@ import click
 from . import __version__
 from .config import build_config, load_toml, parse_param
 from .errors import EXIT_USAGE, BatchrunError, ConfigError
-from .mock_server import MockSettings, serve
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -326,6 +325,8 @@ def mock_server(
 ) -> None:
     """Serve a local NVIDIA-compatible endpoint (for demos and tests; no key needed)."""
     import os
+
+    from .mock_server import MockSettings, serve
 
     key = os.environ.get(require_key_env) if require_key_env else None
     if require_key_env and not key:

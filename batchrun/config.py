@@ -301,9 +301,10 @@ def _hold(key: str, value: Any) -> int:
 
 
 def _rpm(key: str, value: Any) -> int:
-    if not _is_int(value) or value < 1:
+    """Requests per minute; 0 means no limit (a local server that needs none)."""
+    if not _is_int(value) or value < 0:
         raise ConfigError(
-            f"{key} must be a whole number of requests per minute >= 1, got {value!r}"
+            f"{key} must be a whole number of requests per minute (0: no limit), got {value!r}"
         )
     return int(value)
 

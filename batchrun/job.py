@@ -273,7 +273,7 @@ async def _run_async(
     try:
         stop = StopSignal()
         limiter = RateLimiter(
-            RateWindow(cfg.rpm, cfg.tpm),
+            RateWindow(cfg.rpm or None, cfg.tpm),
             sleep=stop.sleep,
             expected_completion=min(cfg.body_template().get("max_tokens") or 512, 512),
         )

@@ -124,7 +124,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("base_url", "http://"),
     ("model", ""),
     ("api_key_env", 5),
-    ("rpm", 0),
+    ("rpm", -1),
     ("rpm", 1.5),
     ("rpm", True),
     ("rpm", "40"),

@@ -85,7 +85,7 @@ def test_a_foreign_file_as_checkpoint_is_refused_and_left_alone(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--rpm", "0"], "rpm must be a whole number"),
+        (["--rpm", "-1"], "rpm must be a whole number"),
         (
             ["--hold-seconds", "4000"],
             "hold_seconds must be a whole number of seconds from 1 to 3600",

@@ -142,6 +142,17 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "[default: parquet]",
         ),
         click.option(
+            "--parse-json",
+            is_flag=True,
+            default=None,
+            help="Parse each answer's JSON (a ```json fence is fine) into a `parsed` column.",
+        ),
+        click.option(
+            "--extract",
+            metavar="A,B,...",
+            help="Top-level fields of the answer's JSON, each as a typed column of its own.",
+        ),
+        click.option(
             "--max-failures",
             metavar="N|N%",
             help="Stop (resumable, exit 1) once N rows, or N% of the rows finished, failed.",
@@ -248,7 +259,7 @@ def export(checkpoint: str, output: str, output_format: str) -> None:
     try:
         store = Store.open(Path(checkpoint))
         try:
-            paths = write_outputs(store, Path(output), output_format)
+            paths, _ = write_outputs(store, Path(output), output_format)
         finally:
             store.close()
     except BatchrunError as exc:

@@ -68,6 +68,9 @@ class RunConfig:
     tools: tuple[Mapping[str, Any], ...] | None = None  # OpenAI tool definitions
     tools_file: str | None = None  # a JSON file of them (--tools FILE)
     tool_choice: str | Mapping[str, Any] | None = None
+    response_format: Mapping[str, Any] | None = None  # {"type": "json_object"} or json_schema
+    prompt_template: str | None = None  # "{column}" placeholders filled from each row
+    system_prompt: str | None = None
     checkpoint: str | None = None
     fresh: bool = False
     retry_failed: bool = False
@@ -77,6 +80,8 @@ class RunConfig:
     grace: float = 30.0
     max_failures: str | None = None  # "N" rows, or "N%" of rows finished this run
     output_format: str = "parquet"  # or "openai-jsonl", or "both"
+    parse_json: bool = False  # parse each answer's JSON into a `parsed` column
+    extract: tuple[str, ...] = ()  # top-level fields of that JSON, one typed column each
     allow_insecure_http: bool = False
     # Tuning knobs, config-file only (documented in configs/local.toml).
     min_poll_interval: float = 1.0
@@ -116,6 +121,8 @@ class RunConfig:
             body["tools"] = [dict(t) for t in self.tools]
         if self.tool_choice is not None:
             body["tool_choice"] = self.tool_choice
+        if self.response_format is not None:
+            body["response_format"] = dict(self.response_format)
         if self.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -146,6 +153,8 @@ class RunConfig:
             "base_url": self.base_url.rstrip("/"),
             "body": self.body_template(),
             "limit": self.limit,
+            "prompt_template": self.prompt_template,
+            "system_prompt": self.system_prompt,
         }
 
 
@@ -189,6 +198,17 @@ def _optional_positive_int(key: str, value: Any) -> int | None:
 
 def _optional_limit(key: str, value: Any) -> int | None:
     return None if value is None else _positive_int(key, value)
+
+
+def _field_list(key: str, value: Any) -> tuple[str, ...]:
+    """Field names: a list, or a comma-separated string (`--extract label,score`)."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"{key} must name at least one field, e.g. label,score")
+    if not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key} must be field names, got {value!r}")
+    return tuple(value)
 
 
 def _output_format(key: str, value: Any) -> str:
@@ -348,6 +368,22 @@ def _tool_choice(key: str, value: Any) -> str | Mapping[str, Any]:
     raise ConfigError(f'{key} must be "auto", "none", "required" or a table naming a function')
 
 
+def _response_format(key: str, value: Any) -> Mapping[str, Any]:
+    kinds = ("text", "json_object", "json_schema")
+    if not isinstance(value, Mapping) or value.get("type") not in kinds:
+        raise ConfigError(f"{key} must be a table whose type is one of {', '.join(kinds)}")
+    if value["type"] == "json_schema" and not isinstance(value.get("json_schema"), Mapping):
+        raise ConfigError(f"{key}: type json_schema needs a json_schema table")
+    return value
+
+
+def _template(key: str, value: Any) -> str:
+    from .templates import Template  # parsing checks the placeholders now, not per row
+
+    Template(_string(key, value), key)
+    return str(value)
+
+
 def load_tools_file(key: str, path: str) -> tuple[Mapping[str, Any], ...]:
     try:
         value = json.loads(Path(path).read_text())
@@ -395,6 +431,9 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "tools": _tools,
     "tools_file": _optional_string,
     "tool_choice": _tool_choice,
+    "response_format": _response_format,
+    "prompt_template": _template,
+    "system_prompt": _template,
     "checkpoint": _optional_string,
     "fresh": _bool,
     "retry_failed": _bool,
@@ -404,6 +443,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "grace": _non_negative_float,
     "max_failures": _failure_budget,
     "output_format": _output_format,
+    "parse_json": _bool,
+    "extract": _field_list,
     "allow_insecure_http": _bool,
     "min_poll_interval": _non_negative_float,
     "max_pause": _non_negative_float,

@@ -39,6 +39,7 @@ from .records import DONE, FAILED, INVALID, PENDING
 from .results import ColumnKinds, write_outputs
 from .runner import Engine, RunStats, StopSignal, run_engine
 from .store import AssetCache, CheckpointWriter, Store, remove_checkpoint
+from .templates import PromptTemplate
 from .transport import AiohttpTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class JobResult:
     resumed: bool
     stopped: BatchrunError | None = None
     failure_causes: list[tuple[str, int]] = field(default_factory=list)
+    parse_errors: int = 0  # ok answers whose JSON did not parse (--parse-json / --extract)
 
 
 @dataclass
@@ -76,7 +78,9 @@ class DryRunReport:
 # ---------------------------------------------------------------- checkpoint set-up
 
 
-def ingest(store: Store, files: list[InputFile], limit: int | None) -> None:
+def ingest(
+    store: Store, files: list[InputFile], limit: int | None, template: PromptTemplate | None = None
+) -> None:
     """Validate every input row into the checkpoint (rows and ids; nothing is sent)."""
     kinds = ColumnKinds()
     batch: list[tuple[Any, ...]] = []
@@ -85,7 +89,7 @@ def ingest(store: Store, files: list[InputFile], limit: int | None) -> None:
         if limit is not None and n >= limit:
             n -= 1
             break
-        row = prepare_row(source)
+        row = prepare_row(source, template)
         kinds.observe(row.extra)
         batch.append(
             (
@@ -129,12 +133,17 @@ def open_checkpoint(
         store.set_json("identity", identity)
         store.set_json("settings", cfg.public_dict())
         store.set_meta("created_at", str(time.time()))
-        ingest(store, files, cfg.limit)
+        ingest(store, files, cfg.limit, prompt_template(cfg))
     except BaseException:
         store.close()
         remove_checkpoint(path)
         raise
     return store, False
+
+
+def prompt_template(cfg: RunConfig) -> PromptTemplate | None:
+    template = PromptTemplate(cfg.prompt_template, cfg.system_prompt)
+    return template if template else None
 
 
 def _check_same_job(store: Store, identity: dict[str, Any], cfg: RunConfig) -> None:
@@ -176,7 +185,7 @@ def dry_run(cfg: RunConfig) -> DryRunReport:
     with tempfile.TemporaryDirectory(prefix="batchrun-dry-") as tmp:
         store = Store.create(Path(tmp) / "dry.sqlite")
         try:
-            ingest(store, files, cfg.limit)
+            ingest(store, files, cfg.limit, prompt_template(cfg))
             return _dry_report(store, cfg)
         finally:
             store.close()
@@ -223,7 +232,9 @@ def run_job(
                 asyncio.run(_run_async(cfg, store, api_key, stats, watcher, transport))
             except BatchrunError as exc:
                 stopped = exc
-            outputs = write_outputs(store, output, cfg.output_format)
+            outputs, parse_errors = write_outputs(
+                store, output, cfg.output_format, parse_json=cfg.parse_json, extract=cfg.extract
+            )
             counts = store.counts()
             return JobResult(
                 exit_code=_exit_code(counts, stopped),
@@ -237,6 +248,7 @@ def run_job(
                 resumed=resumed,
                 stopped=stopped,
                 failure_causes=store.failure_causes(),
+                parse_errors=parse_errors,
             )
         finally:
             store.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 from .dataset import SourceRow, jsonable
 from .media import MediaProblem, iter_media_parts, localize
+from .templates import PromptTemplate, TemplateProblem
 
 # Input keys that describe the request; everything else is passed through to the output.
 REQUEST_KEYS = frozenset(
@@ -61,7 +62,7 @@ class RowProblem(ValueError):
     """What is wrong with one row (becomes that row's `error`)."""
 
 
-def prepare_row(source: SourceRow) -> PreparedRow:
+def prepare_row(source: SourceRow, template: PromptTemplate | None = None) -> PreparedRow:
     """Validate one row and turn it into what the checkpoint stores."""
     if source.data is None:
         return PreparedRow(row_id=source.loc, loc=source.loc, error=source.error)
@@ -72,11 +73,11 @@ def prepare_row(source: SourceRow) -> PreparedRow:
         return PreparedRow(row_id=source.loc, loc=source.loc, error=f"{source.loc}: {exc}")
     extra = _passthrough(data)
     try:
-        messages, overrides = _request_parts(data)
+        messages, overrides = _templated_parts(data, template)
         overrides.update(_row_params(data.get("params")))
         if data.get("images") is not None or any(iter_media_parts(messages)):
             messages = localize(messages, data.get("images"), source.base_dir)
-    except (RowProblem, MediaProblem) as exc:
+    except (RowProblem, MediaProblem, TemplateProblem) as exc:
         return PreparedRow(row_id, source.loc, extra=extra, error=f"{source.loc}: {exc}")
     return PreparedRow(
         row_id=row_id,
@@ -112,6 +113,20 @@ def _passthrough(data: dict[str, Any]) -> dict[str, Any] | None:
         if key not in REQUEST_KEYS
     }
     return extra or None
+
+
+def _templated_parts(
+    data: dict[str, Any], template: PromptTemplate | None
+) -> tuple[list[Any], dict[str, Any]]:
+    if template is None or not template:
+        return _request_parts(data)
+    if template.prompt is None:
+        messages, overrides = _request_parts(data)
+        return template.add_system(messages, data), overrides
+    for key in ("messages", "body"):
+        if data.get(key) is not None:
+            raise RowProblem(f"has {key!r}, but this job builds prompts from prompt_template")
+    return template.prompt_messages(data), {}
 
 
 def _request_parts(data: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

@@ -84,6 +84,8 @@ def format_summary(result: JobResult, argv: list[str] | None = None) -> str:
     ]
     if stats.no_usage:
         lines.append(f"  {stats.no_usage} answers came without token usage (usage left empty)")
+    if result.parse_errors:
+        lines.append(f"  {result.parse_errors} answers did not parse as JSON (see parse_error)")
     for cause, n in result.failure_causes:
         lines.append(f"  failed x{n}: {cause}")
     lines.append("  output: " + ", ".join(str(p) for p in result.outputs))

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .faults import crash_point
-from .records import OUTPUT_STATUS
+from .parsing import extract_fields, parse_answer
+from .records import DONE, OUTPUT_STATUS
 from .store import Store
 
 BASE_FIELDS: list[pa.Field[Any]] = [
@@ -108,33 +109,87 @@ def _cell(value: Any, kind: str) -> Any:
     return value
 
 
-def _page_table(rows: list[tuple[Any, ...]], schema: pa.Schema, extra: list[list[str]]) -> pa.Table:
-    columns: list[list[Any]] = [[] for _ in BASE_FIELDS]
-    extras: list[list[Any]] = [[] for _ in extra]
+class Derived:
+    """Output columns computed from each row's answer: `parsed` / `parse_error` and the
+    `--extract` fields (typed by a first pass over the answers, like passthrough columns)."""
+
+    def __init__(self, store: Store, extract: tuple[str, ...], taken: set[str]) -> None:
+        self.extract = extract
+        self.names = [
+            f"parsed_{f}" if f in taken or f in ("parsed", "parse_error") else f for f in extract
+        ]
+        self.parse_errors = 0
+        kinds = ColumnKinds()
+        if extract:
+            for rows in store.iter_results():
+                for row in rows:
+                    if row[2] == DONE:
+                        value, _ = parse_answer(row[3])
+                        kinds.observe(extract_fields(value, list(extract)))
+        learned = dict(kinds.as_list())
+        self.kinds = [learned.get(f, "str") for f in extract]
+
+    def columns(self) -> list[list[str]]:
+        return [["parsed", "str"], ["parse_error", "str"]] + [
+            [name, kind] for name, kind in zip(self.names, self.kinds, strict=True)
+        ]
+
+    def values(self, state: str, content: str | None) -> list[Any]:
+        if state != DONE:
+            return [None, None] + [None] * len(self.extract)
+        value, error = parse_answer(content)
+        if error is not None:
+            self.parse_errors += 1
+            return [None, error] + [None] * len(self.extract)
+        fields = extract_fields(value, list(self.extract))
+        cells = [_cell(fields[f], kind) for f, kind in zip(self.extract, self.kinds, strict=True)]
+        return [json.dumps(value, ensure_ascii=False), None, *cells]
+
+
+def _page_table(
+    rows: list[tuple[Any, ...]],
+    schema: pa.Schema,
+    extra: list[list[str]],
+    derived: Derived | None,
+) -> pa.Table:
+    columns: list[list[Any]] = [[] for _ in schema]
     for row in rows:
         base = list(row[_RESULT_SLICE])
         base[1] = OUTPUT_STATUS.get(base[1], "pending")
-        for column, value in zip(columns, base, strict=True):
-            column.append(value)
+        cells = base
         if extra:
             values = json.loads(row[_EXTRA_AT]) if row[_EXTRA_AT] else {}
-            for column, (name, kind) in zip(extras, extra, strict=True):
-                column.append(_cell(values.get(name), kind))
-    arrays = [pa.array(c, type=f.type) for c, f in zip(columns + extras, schema, strict=True)]
+            cells += [_cell(values.get(name), kind) for name, kind in extra]
+        if derived is not None:
+            cells += derived.values(row[2], row[3])
+        for column, value in zip(columns, cells, strict=True):
+            column.append(value)
+    arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_output(store: Store, path: Path, *, page_rows: int = 8192) -> int:
-    """Write every row of the checkpoint to `path` atomically. Returns the row count."""
+def write_output(
+    store: Store,
+    path: Path,
+    *,
+    page_rows: int = 8192,
+    parse_json: bool = False,
+    extract: tuple[str, ...] = (),
+) -> tuple[int, int]:
+    """Write every row of the checkpoint to `path` atomically. (rows, answers not parsed)."""
     extra = store.get_json("extra_columns", [])
-    schema = output_schema(extra)
+    derived = None
+    if parse_json or extract:
+        taken = {f.name for f in BASE_FIELDS} | {name for name, _ in extra}
+        derived = Derived(store, extract, taken)
+    schema = output_schema(extra + (derived.columns() if derived else []))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     written = 0
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for rows in store.iter_results(page=page_rows):
-                writer.write_table(_page_table(rows, schema, extra))
+                writer.write_table(_page_table(rows, schema, extra, derived))
                 written += len(rows)
                 crash_point("output")
         with tmp.open("rb+") as fh:
@@ -142,7 +197,7 @@ def write_output(store: Store, path: Path, *, page_rows: int = 8192) -> int:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return written
+    return written, derived.parse_errors if derived else 0
 
 
 # ---------------------------------------------------------------- OpenAI batch output
@@ -222,10 +277,21 @@ def output_paths(output: Path, output_format: str) -> dict[str, Path]:
     return {"parquet": output, "openai-jsonl": beside}
 
 
-def write_outputs(store: Store, output: Path, output_format: str) -> list[Path]:
+def write_outputs(
+    store: Store,
+    output: Path,
+    output_format: str,
+    *,
+    parse_json: bool = False,
+    extract: tuple[str, ...] = (),
+) -> tuple[list[Path], int]:
+    """Write the job's output file(s). Returns (paths, answers that did not parse)."""
     paths = output_paths(output, output_format)
+    parse_errors = 0
     if "parquet" in paths:
-        write_output(store, paths["parquet"])
+        _, parse_errors = write_output(
+            store, paths["parquet"], parse_json=parse_json, extract=extract
+        )
     if "openai-jsonl" in paths:
         write_openai_jsonl(store, paths["openai-jsonl"])
-    return list(paths.values())
+    return list(paths.values()), parse_errors

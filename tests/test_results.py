@@ -194,7 +194,7 @@ def test_failed_and_invalid_rows_keep_their_error(store: Store, tmp_path: Path) 
 def test_write_output_returns_row_count_and_makes_directories(store: Store, tmp_path: Path) -> None:
     add_rows(store, [(i, f"r{i}", "done", None) for i in range(5)])
     path = tmp_path / "deep" / "er" / "out.parquet"
-    assert write_output(store, path) == 5
+    assert write_output(store, path) == (5, 0)
     assert pq.read_table(path).num_rows == 5
 
 
@@ -321,7 +321,7 @@ def test_column_kinds_keep_first_seen_order_and_ignore_empty_rows() -> None:
 def test_row_groups_are_streamed_per_page(store: Store, tmp_path: Path) -> None:
     add_rows(store, [(i, f"r{i}", "done", {"n": i}) for i in range(7)])
     path = tmp_path / "out.parquet"
-    assert write_output(store, path, page_rows=3) == 7
+    assert write_output(store, path, page_rows=3) == (7, 0)
     parquet = pq.ParquetFile(path)
     assert parquet.num_row_groups == 3
     assert [parquet.metadata.row_group(i).num_rows for i in range(3)] == [3, 3, 1]
@@ -330,7 +330,7 @@ def test_row_groups_are_streamed_per_page(store: Store, tmp_path: Path) -> None:
 
 def test_empty_checkpoint_gives_valid_empty_parquet(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
-    assert write_output(store, path) == 0
+    assert write_output(store, path) == (0, 0)
     table = pq.read_table(path)
     assert table.num_rows == 0
     assert table.schema.names == SPEC_COLUMNS

@@ -142,6 +142,12 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "[default: parquet]",
         ),
         click.option(
+            "--max-cost",
+            type=float,
+            metavar="USD",
+            help="Stop (resumable) before spending past this; needs [pricing] in the config.",
+        ),
+        click.option(
             "--parse-json",
             is_flag=True,
             default=None,

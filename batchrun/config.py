@@ -80,6 +80,8 @@ class RunConfig:
     grace: float = 30.0
     max_failures: str | None = None  # "N" rows, or "N%" of rows finished this run
     output_format: str = "parquet"  # or "openai-jsonl", or "both"
+    pricing: Mapping[str, float] | None = None  # USD per million prompt/completion tokens
+    max_cost: float | None = None  # USD; the job stops before spending past it
     parse_json: bool = False  # parse each answer's JSON into a `parsed` column
     extract: tuple[str, ...] = ()  # top-level fields of that JSON, one typed column each
     allow_insecure_http: bool = False
@@ -198,6 +200,19 @@ def _optional_positive_int(key: str, value: Any) -> int | None:
 
 def _optional_limit(key: str, value: Any) -> int | None:
     return None if value is None else _positive_int(key, value)
+
+
+def _pricing(key: str, value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not set(value) <= {"prompt", "completion"} or not value:
+        raise ConfigError(f"{key} must be a table with prompt and completion (USD per 1M tokens)")
+    for name, price in value.items():
+        if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+            raise ConfigError(f"{key}.{name} must be a price >= 0 (USD per 1M tokens)")
+    return {name: float(price) for name, price in value.items()}
+
+
+def _optional_positive_float(key: str, value: Any) -> float | None:
+    return None if value is None else _positive_float(key, value)
 
 
 def _field_list(key: str, value: Any) -> tuple[str, ...]:
@@ -444,6 +459,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "max_failures": _failure_budget,
     "output_format": _output_format,
     "parse_json": _bool,
+    "pricing": _pricing,
+    "max_cost": _optional_positive_float,
     "extract": _field_list,
     "allow_insecure_http": _bool,
     "min_poll_interval": _non_negative_float,
@@ -529,6 +546,8 @@ def _check_consistency(cfg: RunConfig) -> None:
         raise ConfigError("backoff_max must be >= backoff_base")
     if "model" in cfg.params:
         raise ConfigError("params.model: set the model with --model / model = ...")
+    if cfg.max_cost is not None and not cfg.pricing:
+        raise ConfigError("max_cost needs prices: add a [pricing] table (prompt, completion)")
 
 
 def parse_param(text: str) -> tuple[str, Any]:

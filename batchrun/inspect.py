@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .budget import Pricing
 from .errors import CheckpointError
 from .lock import holder
 from .records import DONE, FAILED, FETCHED, INFLIGHT, INVALID, PENDING, POLLING
@@ -27,6 +28,8 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
     try:
         counts = store.counts()
         settings = store.get_json("settings", {})
+        totals = store.totals()
+        pricing = Pricing.from_config(settings.get("pricing"))
         return {
             "checkpoint": str(checkpoint),
             "running": holder(checkpoint),
@@ -35,7 +38,10 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
                 s: counts.get(s, 0)
                 for s in (DONE, FAILED, INVALID, PENDING, INFLIGHT, POLLING, FETCHED)
             },
-            "tokens": store.totals(),
+            "tokens": totals,
+            "cost": pricing.cost(totals["prompt_tokens"], totals["completion_tokens"])
+            if pricing
+            else None,
             "pending_request_ids": [
                 {"id": row_id, "request_id": rid} for row_id, rid in store.pending_request_ids(ids)
             ],
@@ -88,8 +94,8 @@ def format_status(info: dict[str, Any]) -> str:
         f"{states[INVALID]} invalid, {unfinished} to do"
         f" ({states[POLLING] + states[FETCHED]} awaiting a 202 result)",
         f"  tokens: {tokens['prompt_tokens']:,} prompt + {tokens['completion_tokens']:,} "
-        f"completion = {tokens['total_tokens']:,}"
-        f"; {tokens['attempts']} requests sent",
+        f"completion = {tokens['total_tokens']:,}; {tokens['attempts']} requests sent"
+        + (f"; cost ${info['cost']:.4f}" if info.get("cost") is not None else ""),
         f"  model {info['model']} at {info['base_url']}",
     ]
     if info.get("created_at"):

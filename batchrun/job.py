@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .assets import AssetUploader
+from .budget import CostBudget, Pricing
 from .client import EndpointClient, StatusUrls
 from .config import RunConfig, fingerprint, identity_changes, read_api_key
 from .dataset import InputFile, expand_inputs, file_digest, read_rows
@@ -63,6 +64,7 @@ class JobResult:
     stopped: BatchrunError | None = None
     failure_causes: list[tuple[str, int]] = field(default_factory=list)
     parse_errors: int = 0  # ok answers whose JSON did not parse (--parse-json / --extract)
+    cost: float | None = None  # USD over all runs, when [pricing] is set
 
 
 @dataclass
@@ -73,6 +75,7 @@ class DryRunReport:
     completion_tokens_max: int
     invalid_examples: list[str]
     models: dict[str, int]
+    cost_range: tuple[float, float] | None = None  # USD: prompts only .. every max_tokens used
 
 
 # ---------------------------------------------------------------- checkpoint set-up
@@ -194,7 +197,12 @@ def dry_run(cfg: RunConfig) -> DryRunReport:
 def _dry_report(store: Store, cfg: RunConfig) -> DryRunReport:
     template = cfg.body_template()
     figures = store.request_figures(template.get("max_tokens") or 0, str(template.get("model")))
-    return DryRunReport(**figures)
+    report = DryRunReport(**figures)
+    pricing = Pricing.from_config(cfg.pricing)
+    if pricing is not None:
+        low = pricing.cost(report.prompt_tokens_est, 0)
+        report.cost_range = (low, low + pricing.cost(0, report.completion_tokens_max))
+    return report
 
 
 # ---------------------------------------------------------------- the run
@@ -236,19 +244,21 @@ def run_job(
                 store, output, cfg.output_format, parse_json=cfg.parse_json, extract=cfg.extract
             )
             counts = store.counts()
+            totals = store.totals()
             return JobResult(
                 exit_code=_exit_code(counts, stopped),
                 output=outputs[0],
                 outputs=outputs,
                 checkpoint=cfg.checkpoint_path,
                 counts=counts,
-                totals=store.totals(),
+                totals=totals,
                 stats=stats,
                 wall_s=time.monotonic() - started,
                 resumed=resumed,
                 stopped=stopped,
                 failure_causes=store.failure_causes(),
                 parse_errors=parse_errors,
+                cost=job_cost(cfg, totals),
             )
         finally:
             store.close()
@@ -292,7 +302,14 @@ async def _run_async(
         client = EndpointClient(client_transport, cfg)
         uploader = AssetUploader(client, assets) if cfg.uses_assets() else None
         engine = Engine(
-            cfg, client, limiter, writer, stats, stop=stop, media=MediaResolver(uploader)
+            cfg,
+            client,
+            limiter,
+            writer,
+            stats,
+            stop=stop,
+            media=MediaResolver(uploader),
+            budget=_budget(cfg, store),
         )
         _install_signal_handlers(engine)
         watching = asyncio.create_task(watcher.watch(stats)) if watcher else None
@@ -308,6 +325,21 @@ async def _run_async(
         await asyncio.to_thread(writer.flush)
         writer.close()
         assets.close()
+
+
+def _budget(cfg: RunConfig, store: Store) -> CostBudget | None:
+    pricing = Pricing.from_config(cfg.pricing)
+    if cfg.max_cost is None or pricing is None:
+        return None
+    totals = store.totals()
+    return CostBudget(
+        cfg.max_cost, pricing, pricing.cost(totals["prompt_tokens"], totals["completion_tokens"])
+    )
+
+
+def job_cost(cfg: RunConfig, totals: dict[str, int]) -> float | None:
+    pricing = Pricing.from_config(cfg.pricing)
+    return pricing.cost(totals["prompt_tokens"], totals["completion_tokens"]) if pricing else None
 
 
 def _status_hosts(cfg: RunConfig) -> list[str]:

@@ -78,7 +78,8 @@ def format_summary(result: JobResult, argv: list[str] | None = None) -> str:
         f"{stats.rate_limited} rate-limited, "
         f"{stats.rebuys} re-sent after their id expired",
         f"  tokens (all runs): {totals['prompt_tokens']:,} prompt + "
-        f"{totals['completion_tokens']:,} completion = {totals['total_tokens']:,}",
+        f"{totals['completion_tokens']:,} completion = {totals['total_tokens']:,}"
+        + (f", cost ${result.cost:.4f}" if result.cost is not None else ""),
         f"  wall time {result.wall_s:.1f}s"
         + (f", {stats.finished / result.wall_s:.1f} rows/s" if result.wall_s > 0 else ""),
     ]
@@ -113,6 +114,9 @@ def format_dry_run(report: DryRunReport) -> str:
         f"  completion tokens at most: {report.completion_tokens_max:,} (max_tokens x rows)",
         "  models: " + ", ".join(f"{m} ({n})" for m, n in report.models.items()),
     ]
+    if report.cost_range is not None:
+        low, high = report.cost_range
+        lines.append(f"  cost: ${low:.4f} (prompts only) to ${high:.4f} (every max_tokens used)")
     lines += [f"  invalid: {e}" for e in report.invalid_examples]
     if report.invalid > len(report.invalid_examples):
         lines.append(f"  ... and {report.invalid - len(report.invalid_examples)} more invalid rows")

@@ -42,6 +42,7 @@ class WorkItem:
     first_submit_at: float | None = None  # wall clock, for latency_s
     fetched: str | None = None  # raw consume-once answer stored before a crash
     location: str | None = None  # a 302's download URL stored before a crash
+    cost_hold: float = 0.0  # worst-case cost booked against --max-cost while in flight
 
 
 @dataclass(slots=True)

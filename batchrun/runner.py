@@ -36,6 +36,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .budget import CostBudget
 from .client import Answer, EndpointClient
 from .config import RunConfig, failure_budget
 from .errors import (
@@ -156,6 +157,7 @@ class Engine:
         *,
         stop: StopSignal | None = None,
         media: MediaResolver | None = None,
+        budget: CostBudget | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -168,6 +170,7 @@ class Engine:
         self.submit_slots = asyncio.Semaphore(cfg.concurrency)
         self.stop = stop or StopSignal()
         self.media = media or MediaResolver(None)
+        self.budget = budget
         self._wall = wall_clock
         self._rng = rng or random.Random()
         self._max_failed, self._max_failed_pct = failure_budget(cfg.max_failures)
@@ -201,6 +204,7 @@ class Engine:
                 raise
             except RequestExpired as exc:
                 # The server forgot the id (expired or consumed): buy the answer again.
+                self._release_cost(item)
                 self.stats.rebuys += 1
                 log.info("row %s: %s; sending it again", item.row_id, exc)
                 self._forget_request(item)
@@ -210,6 +214,7 @@ class Engine:
                     return
                 continue
             except EndpointError as exc:
+                self._release_cost(item)
                 request_id = item.request_id
                 self._forget_request_if_consumed(item, exc)
                 self.stats.causes[_cause(exc)] += 1
@@ -221,7 +226,7 @@ class Engine:
                 if not await self._wait_before_retry(item, exc, tries):
                     return
                 continue
-            self._settle(reservation, outcome.completion)
+            self._settle(item, reservation, outcome.completion)
             self._record(item, outcome)
             return
 
@@ -255,6 +260,7 @@ class Engine:
             reservation = await self.limiter.acquire(item.est_tokens)
             if self.stopping:
                 raise _Stopped
+            self._book_cost(item)
             item.attempts += 1
             if item.first_submit_at is None:
                 item.first_submit_at = self._wall()
@@ -389,7 +395,37 @@ class Engine:
             return None
         return max(0.0, self._wall() - item.first_submit_at)
 
-    def _settle(self, reservation: Reservation | None, completion: Completion) -> None:
+    def _book_cost(self, item: WorkItem) -> None:
+        """Book this request's worst case against --max-cost, or stop the job."""
+        if self.budget is None:
+            return
+        worst_completion = self.builder.max_tokens(item.overrides) or 0
+        booking = self.budget.book(item.est_tokens, worst_completion)
+        if booking is None:
+            b = self.budget
+            self.request_stop(
+                JobStopped(
+                    f"cost cap: ${b.spent:.4f} spent and ${b.booked:.4f} booked for requests in "
+                    f"flight; the next request could pass --max-cost ${b.cap:g}. Finished rows "
+                    "are kept: raise the cap and run the same command to resume."
+                )
+            )
+            raise _Stopped
+        item.cost_hold += booking
+
+    def _release_cost(self, item: WorkItem) -> None:
+        if self.budget is not None and item.cost_hold:
+            self.budget.release(item.cost_hold)
+            item.cost_hold = 0.0
+
+    def _settle(
+        self, item: WorkItem, reservation: Reservation | None, completion: Completion
+    ) -> None:
+        if self.budget is not None:
+            self.budget.settle(
+                item.cost_hold, completion.prompt_tokens, completion.completion_tokens
+            )
+            item.cost_hold = 0.0
         if completion.total_tokens is None:
             self.stats.no_usage += 1
         else:

@@ -1,0 +1,45 @@
+"""Deterministic prompt sets: the same rows, byte for byte, on every machine and every run.
+
+Row i has id `r{i:07d}` and a prompt of 6 to 40 words drawn from a small vocabulary by a
+generator seeded with i, so a set of n rows is a prefix of every larger set and a checker can
+rebuild any row without reading the file. Files are written once per size and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+VOCABULARY = (
+    "the a of to and in is that for it as with was on be by this are or from at an which "
+    "summarise explain translate classify label answer question dataset model token prompt "
+    "batch request result latency river mountain city energy market protein theorem music "
+    "history budget weather garden engine signal network language number"
+).split()
+
+
+def row_id(i: int) -> str:
+    return f"r{i:07d}"
+
+
+def prompt(i: int) -> str:
+    rng = random.Random(i)
+    words = rng.choices(VOCABULARY, k=rng.randint(5, 39))
+    return f"Row {i}: " + " ".join(words) + "?"
+
+
+def prompt_set(folder: Path, rows: int) -> Path:
+    """The JSONL file of the first `rows` rows (written if missing or incomplete)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"prompts-{rows}.jsonl"
+    done = path.with_suffix(".complete")
+    if path.exists() and done.exists():
+        return path
+    partial = path.with_suffix(".partial")
+    with partial.open("w") as fh:
+        for i in range(rows):
+            fh.write(json.dumps({"id": row_id(i), "prompt": prompt(i)}) + "\n")
+    partial.replace(path)
+    done.write_text(f"{rows}\n")
+    return path

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT := out
 CODE := batchrun tests $(wildcard benchmarks/*.py)
 
-.PHONY: install lint fmt test unit e2e demo crash-test bench clean
+.PHONY: install lint fmt test unit e2e demo crash-test bench bench-quick bench-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,29 @@ demo: install
 # 100 SIGKILL/resume cycles with faults on; prints lost/duplicated/resubmitted counts.
 crash-test: install
 	$(BIN)/python -m tests.crash_harness --cycles 100 --workdir $(OUT)/crash-test
+
+# Benchmarks (benchmarks/): the openai SDK from the `bench` extra, nginx from Debian's packages
+# when it can be installed (else a Python fallback endpoint, flagged in the results).
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+NGINX_PKG := DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@rm -f $(VENV)/.bench-installed-*
+	@touch $(BENCH_STAMP)
+
+bench-deps: $(BENCH_STAMP)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+	    ($(NGINX_PKG) || (apt-get update -q && $(NGINX_PKG))) >/dev/null 2>&1 || \
+	    echo "bench: nginx could not be installed; the Python fallback endpoint will be used"
+
+# Full sizes, about 15 minutes; writes benchmarks/RESULTS.md (the only place speed claims live).
+bench: bench-deps
+	BENCH_INVOKED="make bench" $(BIN)/python -m benchmarks.bench
+
+# Small sizes, a couple of minutes: checks the suite itself; writes out/bench/RESULTS-quick.md.
+bench-quick: bench-deps
+	BENCH_INVOKED="make bench-quick" $(BIN)/python -m benchmarks.bench --quick
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -142,6 +142,17 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "[default: parquet]",
         ),
         click.option(
+            "--reuse",
+            type=click.Path(dir_okay=False),
+            help="An earlier checkpoint or output: identical requests are answered from it.",
+        ),
+        click.option(
+            "--offline",
+            is_flag=True,
+            default=None,
+            help="Send nothing: rows without a reused or stored answer fail (not in cache).",
+        ),
+        click.option(
             "--max-cost",
             type=float,
             metavar="USD",

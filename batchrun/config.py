@@ -82,6 +82,8 @@ class RunConfig:
     output_format: str = "parquet"  # or "openai-jsonl", or "both"
     pricing: Mapping[str, float] | None = None  # USD per million prompt/completion tokens
     max_cost: float | None = None  # USD; the job stops before spending past it
+    reuse: str | None = None  # an earlier checkpoint or output: answers to identical requests
+    offline: bool = False  # send nothing: rows with no reused or stored answer fail
     parse_json: bool = False  # parse each answer's JSON into a `parsed` column
     extract: tuple[str, ...] = ()  # top-level fields of that JSON, one typed column each
     allow_insecure_http: bool = False
@@ -459,6 +461,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "max_failures": _failure_budget,
     "output_format": _output_format,
     "parse_json": _bool,
+    "reuse": _optional_string,
+    "offline": _bool,
     "pricing": _pricing,
     "max_cost": _optional_positive_float,
     "extract": _field_list,
@@ -489,7 +493,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return _relative_to(path.parent, data)
 
 
-PATH_KEYS = ("inputs", "output", "checkpoint", "tools_file")
+PATH_KEYS = ("inputs", "output", "checkpoint", "tools_file", "reuse")
 
 
 def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
                 for s in (DONE, FAILED, INVALID, PENDING, INFLIGHT, POLLING, FETCHED)
             },
             "tokens": totals,
-            "cost": pricing.cost(totals["prompt_tokens"], totals["completion_tokens"])
+            "cost": pricing.cost(totals["bought_prompt_tokens"], totals["bought_completion_tokens"])
             if pricing
             else None,
             "pending_request_ids": [

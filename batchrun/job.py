@@ -35,9 +35,9 @@ from .errors import (
 from .limits import RateLimiter, RateWindow
 from .lock import CheckpointLock
 from .media import MediaResolver
-from .payloads import dump_extra, prepare_row
+from .payloads import RequestKeys, dump_extra, prepare_row
 from .records import DONE, FAILED, INVALID, PENDING
-from .results import ColumnKinds, write_outputs
+from .results import ColumnKinds, read_reusable, write_outputs
 from .runner import Engine, RunStats, StopSignal, run_engine
 from .store import AssetCache, CheckpointWriter, Store, remove_checkpoint
 from .templates import PromptTemplate
@@ -82,7 +82,11 @@ class DryRunReport:
 
 
 def ingest(
-    store: Store, files: list[InputFile], limit: int | None, template: PromptTemplate | None = None
+    store: Store,
+    files: list[InputFile],
+    limit: int | None,
+    template: PromptTemplate | None = None,
+    keys: RequestKeys | None = None,
 ) -> None:
     """Validate every input row into the checkpoint (rows and ids; nothing is sent)."""
     kinds = ColumnKinds()
@@ -105,6 +109,7 @@ def ingest(
                 dump_extra(row.extra),
                 row.est_tokens,
                 row.error,
+                keys.key(row.messages, row.overrides) if keys and row.messages else None,
             )
         )
         if len(batch) >= INGEST_BATCH:
@@ -136,7 +141,7 @@ def open_checkpoint(
         store.set_json("identity", identity)
         store.set_json("settings", cfg.public_dict())
         store.set_meta("created_at", str(time.time()))
-        ingest(store, files, cfg.limit, prompt_template(cfg))
+        ingest(store, files, cfg.limit, prompt_template(cfg), RequestKeys(cfg.body_template()))
     except BaseException:
         store.close()
         remove_checkpoint(path)
@@ -224,8 +229,10 @@ def run_job(
     output = Path(cfg.output)
     if not cfg.output:
         raise ConfigError("no output file: pass -o/--output or set output = ... in the config")
-    api_key = read_api_key(cfg)
+    api_key = None if cfg.offline else read_api_key(cfg)
     check_output_writable(output)
+    if cfg.reuse and not Path(cfg.reuse).is_file():
+        raise ConfigError(f"--reuse {cfg.reuse}: no such checkpoint or output file")
     files, identity = input_identity(cfg)
     started = time.monotonic()
     with CheckpointLock(cfg.checkpoint_path):
@@ -234,10 +241,15 @@ def run_job(
             reset = store.prepare_resume(cfg.retry_failed)
             if resumed:
                 log.info("resuming %s (%d rows to send again)", cfg.checkpoint_path, reset)
-            stats = RunStats(todo=_todo(store))
+            reused = reuse_answers(store, Path(cfg.reuse)) if cfg.reuse else 0
+            not_cached = 0
+            if cfg.offline:
+                not_cached = store.fail_pending("not in cache (--offline sends nothing)", "offline")
+            stats = RunStats(todo=_todo(store), reused=reused, not_cached=not_cached)
             stopped: BatchrunError | None = None
             try:
-                asyncio.run(_run_async(cfg, store, api_key, stats, watcher, transport))
+                if not cfg.offline:
+                    asyncio.run(_run_async(cfg, store, api_key, stats, watcher, transport))
             except BatchrunError as exc:
                 stopped = exc
             outputs, parse_errors = write_outputs(
@@ -262,6 +274,19 @@ def run_job(
             )
         finally:
             store.close()
+
+
+def reuse_answers(store: Store, source: Path) -> int:
+    """Answer pending rows from an earlier checkpoint or output; returns rows answered."""
+    with source.open("rb") as fh:
+        is_parquet = fh.read(4) == b"PAR1"
+    count = (
+        store.reuse_from_rows(read_reusable(source))
+        if is_parquet
+        else store.reuse_from_checkpoint(source)
+    )
+    log.info("%d rows answered from %s", count, source)
+    return count
 
 
 def _todo(store: Store) -> int:
@@ -332,14 +357,15 @@ def _budget(cfg: RunConfig, store: Store) -> CostBudget | None:
     if cfg.max_cost is None or pricing is None:
         return None
     totals = store.totals()
-    return CostBudget(
-        cfg.max_cost, pricing, pricing.cost(totals["prompt_tokens"], totals["completion_tokens"])
-    )
+    spent = pricing.cost(totals["bought_prompt_tokens"], totals["bought_completion_tokens"])
+    return CostBudget(cfg.max_cost, pricing, spent)
 
 
 def job_cost(cfg: RunConfig, totals: dict[str, int]) -> float | None:
     pricing = Pricing.from_config(cfg.pricing)
-    return pricing.cost(totals["prompt_tokens"], totals["completion_tokens"]) if pricing else None
+    if pricing is None:
+        return None
+    return pricing.cost(totals["bought_prompt_tokens"], totals["bought_completion_tokens"])
 
 
 def _status_hosts(cfg: RunConfig) -> list[str]:

@@ -9,6 +9,7 @@ request bytes at send time with as little per-row work as possible.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -228,6 +229,31 @@ def dump_extra(extra: dict[str, Any] | None) -> str | None:
     if not extra:
         return None
     return json.dumps(extra, ensure_ascii=False, default=jsonable, separators=(",", ":"))
+
+
+# Body fields that change how an answer travels, not what it says: left out of request keys.
+TRANSPORT_FIELDS = ("stream", "stream_options")
+
+
+class RequestKeys:
+    """A row's request key: sha256 of the full request body it sends (less transport fields).
+
+    Two rows, or two jobs, with the same key ask the same question of the same model with the
+    same settings, so one's answer can stand for the other's (`--reuse`, `--offline`).
+    """
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        self._builder = BodyBuilder(
+            {k: v for k, v in template.items() if k not in TRANSPORT_FIELDS}
+        )
+
+    def key(self, messages: str, overrides: str | None) -> str:
+        if overrides is not None:
+            fields = {k: v for k, v in json.loads(overrides).items() if k not in TRANSPORT_FIELDS}
+            overrides = (
+                json.dumps(fields, ensure_ascii=False, separators=(",", ":")) if fields else None
+            )
+        return hashlib.sha256(self._builder.build(messages, overrides)).hexdigest()
 
 
 class BodyBuilder:

@@ -83,6 +83,10 @@ def format_summary(result: JobResult, argv: list[str] | None = None) -> str:
         f"  wall time {result.wall_s:.1f}s"
         + (f", {stats.finished / result.wall_s:.1f} rows/s" if result.wall_s > 0 else ""),
     ]
+    if stats.reused:
+        lines.append(f"  {stats.reused} rows answered from --reuse (not bought again)")
+    if stats.not_cached:
+        lines.append(f"  {stats.not_cached} rows had no stored answer (--offline sent nothing)")
     if stats.no_usage:
         lines.append(f"  {stats.no_usage} answers came without token usage (usage left empty)")
     if result.parse_errors:

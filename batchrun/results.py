@@ -14,16 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import ConfigError
 from .faults import crash_point
 from .parsing import extract_fields, parse_answer
 from .records import DONE, OUTPUT_STATUS
-from .store import Store
+from .store import RESULT_COLUMNS, REUSE_COLUMNS, Store
 
 BASE_FIELDS: list[pa.Field[Any]] = [
     pa.field("id", pa.string(), nullable=False),
@@ -41,10 +43,17 @@ BASE_FIELDS: list[pa.Field[Any]] = [
     pa.field("latency_s", pa.float64()),
     pa.field("ttft_s", pa.float64()),
     pa.field("error", pa.string()),
+    pa.field("reused", pa.bool_(), nullable=False),  # answered from --reuse, not bought again
+    pa.field("request_hash", pa.string()),  # what --reuse matches on
 ]
-# Positions of the base columns in a Store.iter_results row, after idx (0).
-_RESULT_SLICE = slice(1, 16)
-_EXTRA_AT = 16
+_AT = {name: i for i, name in enumerate(RESULT_COLUMNS)}
+# Where each output column comes from in a Store.iter_results row.
+_SOURCES = [
+    _AT["row_id" if f.name == "id" else "state" if f.name == "status" else f.name]
+    for f in BASE_FIELDS
+]
+_CONTENT = _AT["content"]
+_REUSED_CELL = [f.name for f in BASE_FIELDS].index("reused")
 
 _KIND_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
@@ -123,8 +132,8 @@ class Derived:
         if extract:
             for rows in store.iter_results():
                 for row in rows:
-                    if row[2] == DONE:
-                        value, _ = parse_answer(row[3])
+                    if row[_AT["state"]] == DONE:
+                        value, _ = parse_answer(row[_CONTENT])
                         kinds.observe(extract_fields(value, list(extract)))
         learned = dict(kinds.as_list())
         self.kinds = [learned.get(f, "str") for f in extract]
@@ -153,15 +162,16 @@ def _page_table(
     derived: Derived | None,
 ) -> pa.Table:
     columns: list[list[Any]] = [[] for _ in schema]
+    extra_at, state_at = _AT["extra"], _AT["state"]
     for row in rows:
-        base = list(row[_RESULT_SLICE])
-        base[1] = OUTPUT_STATUS.get(base[1], "pending")
-        cells = base
+        cells = [row[i] for i in _SOURCES]
+        cells[1] = OUTPUT_STATUS.get(cells[1], "pending")
+        cells[_REUSED_CELL] = bool(cells[_REUSED_CELL])
         if extra:
-            values = json.loads(row[_EXTRA_AT]) if row[_EXTRA_AT] else {}
+            values = json.loads(row[extra_at]) if row[extra_at] else {}
             cells += [_cell(values.get(name), kind) for name, kind in extra]
         if derived is not None:
-            cells += derived.values(row[2], row[3])
+            cells += derived.values(row[state_at], row[_CONTENT])
         for column, value in zip(columns, cells, strict=True):
             column.append(value)
     arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
@@ -209,11 +219,12 @@ def openai_line(row: tuple[Any, ...]) -> dict[str, Any] | None:
     HTTP answers go in `response` (status_code, request_id, body), as OpenAI and vLLM's
     run-batch write them; failures with no HTTP answer (timeouts, invalid rows) in `error`.
     """
-    (_idx, row_id, state, *_rest) = row
+    row_id, state = row[_AT["row_id"]], row[_AT["state"]]
     status = OUTPUT_STATUS.get(state)
     if status is None:
         return None
-    request_id, error, response, status_code = row[11], row[15], row[17], row[18]
+    request_id, error = row[_AT["request_id"]], row[_AT["error"]]
+    response, status_code = row[_AT["response"]], row[_AT["status_code"]]
     line: dict[str, Any] = {
         "id": "batch_req_" + hashlib.sha256(row_id.encode()).hexdigest()[:24],
         "custom_id": row_id,
@@ -295,3 +306,24 @@ def write_outputs(
     if "openai-jsonl" in paths:
         write_openai_jsonl(store, paths["openai-jsonl"])
     return list(paths.values()), parse_errors
+
+
+def read_reusable(path: Path, batch_rows: int = 8192) -> Iterator[list[tuple[Any, ...]]]:
+    """(request_hash, *REUSE_COLUMNS) of the ok rows of an earlier output file, in batches."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise ConfigError(f"--reuse {path}: not a batchrun checkpoint or output ({exc})") from None
+    names = set(parquet.schema_arrow.names)
+    if "request_hash" not in names:
+        raise ConfigError(f"--reuse {path}: this output has no request_hash column")
+    wanted = ["status", "request_hash", *(c for c in REUSE_COLUMNS if c in names)]
+    with parquet:
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
+            data = batch.to_pydict()
+            rows = []
+            for i, status in enumerate(data["status"]):
+                if status == "ok" and data["request_hash"][i]:
+                    values = (data[c][i] if c in data else None for c in REUSE_COLUMNS)
+                    rows.append((data["request_hash"][i], *values))
+            yield rows

@@ -105,6 +105,8 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     no_usage: int = 0  # answers that came without usage
+    reused: int = 0  # rows answered by --reuse before anything was sent
+    not_cached: int = 0  # rows failed by --offline (no stored answer)
     causes: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 

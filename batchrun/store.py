@@ -22,7 +22,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,29 @@ CREATE TABLE items (
     ttft_s REAL,
     error TEXT,
     cause TEXT,
-    response TEXT
+    response TEXT,
+    request_hash TEXT,
+    reused INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX items_row_id ON items (row_id);
+CREATE INDEX items_request_hash ON items (request_hash);
 CREATE TABLE assets (sha256 TEXT PRIMARY KEY, asset_id TEXT NOT NULL, uploaded_at REAL NOT NULL);
 """
 MIGRATIONS: list[tuple[str, str]] = [("m001_initial", _M001)]
 assert len(MIGRATIONS) == SCHEMA_VERSION
+
+# What an answer is, for --reuse: copied from an earlier job's row with the same request key.
+REUSE_COLUMNS = (
+    "content", "reasoning_content", "tool_calls", "finish_reason", "prompt_tokens",
+    "completion_tokens", "total_tokens", "model", "request_id", "latency_s", "ttft_s", "response",
+)  # fmt: skip
+
+# What the output is made of, in this order (Store.iter_results).
+RESULT_COLUMNS = (
+    "idx", "row_id", "state", "content", "reasoning_content", "tool_calls", "finish_reason",
+    "prompt_tokens", "completion_tokens", "total_tokens", "model", "request_id", "attempts",
+    "latency_s", "ttft_s", "error", "reused", "request_hash", "extra", "response", "status_code",
+)  # fmt: skip
 
 ITEM_COLUMNS = (
     "idx",
@@ -81,6 +97,7 @@ ITEM_COLUMNS = (
     "extra",
     "est_tokens",
     "error",
+    "request_hash",
 )
 # Columns a run may update: every items column but those written once from the inputs.
 _ITEMS_COLUMNS = re.findall(r"^\s+(\w+) (?:INTEGER|TEXT|REAL)", _M001, re.MULTILINE)
@@ -222,6 +239,64 @@ class Store:
         self._conn.execute("COMMIT")
         return reset
 
+    # ---- reuse and replay
+
+    def reuse_from_checkpoint(self, source: Path) -> int:
+        """Answer pending rows from an earlier checkpoint's done rows with the same request key."""
+        Store.open(source).close()  # a batchrun checkpoint this version can read, or an error
+        conn = self._conn
+        conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+        try:
+            self._reuse_table()
+            cols = ", ".join(REUSE_COLUMNS)
+            conn.execute(
+                f"INSERT OR IGNORE INTO temp.reuse (request_hash, {cols}) "
+                f"SELECT request_hash, {cols} FROM src.items "
+                "WHERE state = ? AND request_hash IS NOT NULL",
+                (DONE,),
+            )
+            return self._apply_reuse()
+        finally:
+            conn.execute("DETACH DATABASE src")
+
+    def reuse_from_rows(self, batches: Iterable[list[tuple[Any, ...]]]) -> int:
+        """Same, from (request_hash, *REUSE_COLUMNS) rows (an earlier output file)."""
+        self._reuse_table()
+        marks = ", ".join("?" * (len(REUSE_COLUMNS) + 1))
+        for batch in batches:
+            self._conn.executemany(f"INSERT OR IGNORE INTO temp.reuse VALUES ({marks})", batch)
+        return self._apply_reuse()
+
+    def _reuse_table(self) -> None:
+        self._conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS reuse "
+            f"(request_hash TEXT PRIMARY KEY, {', '.join(REUSE_COLUMNS)})"
+        )
+        self._conn.execute("DELETE FROM temp.reuse")
+
+    def _apply_reuse(self) -> int:
+        sets = ", ".join(f"{c} = r.{c}" for c in REUSE_COLUMNS)
+        self._conn.execute("BEGIN")
+        n = self._conn.execute(
+            f"UPDATE items SET state = ?, reused = 1, status_code = 200, finished_at = ?, "
+            f"error = NULL, cause = NULL, {sets} FROM temp.reuse AS r "
+            "WHERE items.request_hash = r.request_hash AND items.state = ?",
+            (DONE, time.time(), PENDING),
+        ).rowcount
+        self._conn.execute("COMMIT")
+        self._conn.execute("DELETE FROM temp.reuse")
+        return int(n)
+
+    def fail_pending(self, error: str, cause: str) -> int:
+        """Mark every row still to be sent failed (--offline: nothing is sent)."""
+        self._conn.execute("BEGIN")
+        n = self._conn.execute(
+            "UPDATE items SET state = ?, error = ?, cause = ?, finished_at = ? WHERE state = ?",
+            (FAILED, error, cause, time.time(), PENDING),
+        ).rowcount
+        self._conn.execute("COMMIT")
+        return int(n)
+
     # ---- reads
 
     def counts(self) -> dict[str, int]:
@@ -229,11 +304,18 @@ class Store:
         return {state: n for state, n in rows}
 
     def totals(self) -> dict[str, int]:
+        """Token sums over every row, and over the rows bought (not answered by --reuse)."""
         row = self._conn.execute(
             "SELECT coalesce(sum(prompt_tokens),0), coalesce(sum(completion_tokens),0), "
-            "coalesce(sum(total_tokens),0), coalesce(sum(attempts),0), count(*) FROM items"
+            "coalesce(sum(total_tokens),0), coalesce(sum(attempts),0), count(*), "
+            "coalesce(sum(reused),0), "
+            "coalesce(sum(CASE WHEN reused THEN 0 ELSE prompt_tokens END),0), "
+            "coalesce(sum(CASE WHEN reused THEN 0 ELSE completion_tokens END),0) FROM items"
         ).fetchone()
-        keys = ("prompt_tokens", "completion_tokens", "total_tokens", "attempts", "rows")
+        keys = (
+            "prompt_tokens", "completion_tokens", "total_tokens", "attempts", "rows",
+            "reused", "bought_prompt_tokens", "bought_completion_tokens",
+        )  # fmt: skip
         return dict(zip(keys, (int(v) for v in row), strict=True))
 
     def pending_request_ids(self, limit: int = 20) -> list[tuple[str, str]]:
@@ -270,10 +352,7 @@ class Store:
         after = -1
         while True:
             rows = self._conn.execute(
-                "SELECT idx, row_id, state, content, reasoning_content, tool_calls, finish_reason, "
-                "prompt_tokens, completion_tokens, total_tokens, model, request_id, attempts, "
-                "latency_s, ttft_s, error, extra, response, status_code "
-                "FROM items WHERE idx > ? ORDER BY idx LIMIT ?",
+                f"SELECT {', '.join(RESULT_COLUMNS)} FROM items WHERE idx > ? ORDER BY idx LIMIT ?",
                 (after, page),
             ).fetchall()
             if not rows:

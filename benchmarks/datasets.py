@@ -11,12 +11,13 @@ import json
 import random
 from pathlib import Path
 
-VOCABULARY = (
+_WORDS = (
     "the a of to and in is that for it as with was on be by this are or from at an which "
     "summarise explain translate classify label answer question dataset model token prompt "
     "batch request result latency river mountain city energy market protein theorem music "
     "history budget weather garden engine signal network language number"
-).split()
+)
+VOCABULARY = _WORDS.split()
 
 
 def row_id(i: int) -> str:

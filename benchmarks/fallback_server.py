@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -96,7 +97,7 @@ async def serve(port: int, ready_file: Path | None) -> None:
     server = await loop.create_server(FixedProtocol, "127.0.0.1", port, backlog=4096)
     bound = server.sockets[0].getsockname()[1]
     if ready_file is not None:
-        ready_file.write_text(f"http://127.0.0.1:{bound}/v1\n")
+        ready_file.write_text(f"http://127.0.0.1:{bound}/v1\n")  # noqa: ASYNC240
     async with server:
         await server.serve_forever()
 
@@ -110,10 +111,8 @@ def main() -> None:
     body, reqid = fixed_answer()
     FixedProtocol.ok = _response("200 OK", body, f"NVCF-REQID: {reqid}\r\n")
     FixedProtocol.first_request_file = args.first_request_file
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.port, args.ready_file))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

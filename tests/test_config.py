@@ -176,6 +176,8 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("tool_choice", 3),
     ("output_format", "csv"),
     ("parse_json", "yes"),
+    ("reuse", ""),
+    ("offline", 1),
     ("pricing", {"prompt": -1}),
     ("pricing", {"input": 1}),
     ("pricing", "cheap"),

@@ -34,6 +34,8 @@ SPEC_COLUMNS = [
     "latency_s",
     "ttft_s",
     "error",
+    "reused",
+    "request_hash",
 ]
 
 
@@ -60,6 +62,7 @@ def add_rows(store: Store, rows: list[tuple[int, str, str, dict[str, Any] | None
             "extra": dump_extra(extra),
             "est_tokens": 1,
             "error": None,
+            "request_hash": None,
         }
         items.append(tuple(values[c] for c in ITEM_COLUMNS))
     store.insert_items(items)
@@ -134,6 +137,8 @@ def test_finished_row_values_reach_the_output(store: Store, tmp_path: Path) -> N
             "latency_s": 1.25,
             "ttft_s": 0.5,
             "error": None,
+            "reused": False,
+            "request_hash": None,
         }
     ]
 
@@ -150,8 +155,8 @@ def test_rows_are_in_input_order_whatever_the_insert_order(store: Store, tmp_pat
     add_rows(store, [(3, "d", "pending", None), (0, "a", "pending", None)])
     store.insert_items(
         [
-            (2, "c", "in.jsonl:3", "pending", "[]", None, None, 1, None),
-            (1, "b", "in.jsonl:2", "pending", "[]", None, None, 1, None),
+            (2, "c", "in.jsonl:3", "pending", "[]", None, None, 1, None, None),
+            (1, "b", "in.jsonl:2", "pending", "[]", None, None, 1, None, None),
         ]
     )
     for idx, content in ((2, "C"), (0, "A"), (3, "D"), (1, "B")):

@@ -28,7 +28,7 @@ from batchrun.errors import AuthError, Interrupted, JobStopped, TransportError
 from batchrun.limits import RateLimiter, RateWindow
 from batchrun.records import FINAL_COLUMNS, WorkItem
 from batchrun.runner import POLL_RETRY_MAX_S, Engine, RunStats, StopSignal, dispatch, run_engine
-from batchrun.store import CheckpointWriter, Store
+from batchrun.store import RESULT_COLUMNS, CheckpointWriter, Store
 
 BASE = "https://integrate.api.nvidia.com/v1"
 CHAT = f"{BASE}/chat/completions"
@@ -999,6 +999,7 @@ def make_store(tmp_path: Path, n: int) -> Store:
             None,
             5,
             None,
+            None,
         )
         for i in range(n)
     ]
@@ -1018,27 +1019,7 @@ def preset(store: Store, updates: dict[int, dict[str, Any]]) -> None:
 
 
 def results(store: Store) -> dict[int, dict[str, Any]]:
-    names = [
-        "idx",
-        "row_id",
-        "state",
-        "content",
-        "reasoning_content",
-        "tool_calls",
-        "finish_reason",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "model",
-        "request_id",
-        "attempts",
-        "latency_s",
-        "ttft_s",
-        "error",
-        "extra",
-        "response",
-        "status_code",
-    ]
+    names = RESULT_COLUMNS
     out: dict[int, dict[str, Any]] = {}
     for page in store.iter_results():
         for row in page:

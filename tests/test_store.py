@@ -32,6 +32,7 @@ def item(idx: int, row_id: str | None = None, state: str = "pending", **kw: Any)
         "extra": None,
         "est_tokens": 5,
         "error": None,
+        "request_hash": None,
     }
     values.update(kw)
     return tuple(values[c] for c in ITEM_COLUMNS)
@@ -87,13 +88,15 @@ def test_item_columns_order() -> None:
         "extra",
         "est_tokens",
         "error",
+        "request_hash",
     )
 
 
 def test_insert_stores_values_in_item_column_order(store: Store, ckpt: Path) -> None:
-    store.insert_items([(3, "id3", "f:4", "invalid", "[]", '{"seed":1}', '{"a":1}', 9, "bad")])
+    row = (3, "id3", "f:4", "invalid", "[]", '{"seed":1}', '{"a":1}', 9, "bad", "h")
+    store.insert_items([row])
     got = select(ckpt, f"SELECT {','.join(ITEM_COLUMNS)} FROM items")
-    assert got == [(3, "id3", "f:4", "invalid", "[]", '{"seed":1}', '{"a":1}', 9, "bad")]
+    assert got == [row]
 
 
 def test_create_then_open_round_trip(ckpt: Path) -> None:
@@ -262,13 +265,17 @@ def test_counts_and_totals(store: Store, ckpt: Path) -> None:
     set_columns(ckpt, 0, attempts=2)
     set_columns(ckpt, 1, attempts=1)
     set_columns(ckpt, 2, state="failed", attempts=6)
-    assert store.counts() == {"done": 2, "failed": 1, "pending": 1}
+    set_columns(ckpt, 3, state="done", prompt_tokens=100, completion_tokens=50, reused=1)
+    assert store.counts() == {"done": 3, "failed": 1}
     assert store.totals() == {
-        "prompt_tokens": 13,
-        "completion_tokens": 7,
+        "prompt_tokens": 113,
+        "completion_tokens": 57,
         "total_tokens": 20,
         "attempts": 9,
         "rows": 4,
+        "reused": 1,
+        "bought_prompt_tokens": 13,  # the reused row was bought by an earlier job
+        "bought_completion_tokens": 7,
     }
 
 
@@ -280,6 +287,9 @@ def test_totals_of_empty_checkpoint_are_zero(store: Store) -> None:
         "total_tokens": 0,
         "attempts": 0,
         "rows": 0,
+        "reused": 0,
+        "bought_prompt_tokens": 0,
+        "bought_completion_tokens": 0,
     }
 
 

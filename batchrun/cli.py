@@ -142,6 +142,11 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "[default: parquet]",
         ),
         click.option(
+            "--log-json",
+            type=click.Path(dir_okay=False),
+            help="Append one JSON event per line here (rows, retries, 429 pauses, totals).",
+        ),
+        click.option(
             "--reuse",
             type=click.Path(dir_okay=False),
             help="An earlier checkpoint or output: identical requests are answered from it.",

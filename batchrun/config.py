@@ -82,6 +82,7 @@ class RunConfig:
     output_format: str = "parquet"  # or "openai-jsonl", or "both"
     pricing: Mapping[str, float] | None = None  # USD per million prompt/completion tokens
     max_cost: float | None = None  # USD; the job stops before spending past it
+    log_json: str | None = None  # one JSON event per line: job start/end, rows, retries, 429s
     reuse: str | None = None  # an earlier checkpoint or output: answers to identical requests
     offline: bool = False  # send nothing: rows with no reused or stored answer fail
     parse_json: bool = False  # parse each answer's JSON into a `parsed` column
@@ -462,6 +463,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "output_format": _output_format,
     "parse_json": _bool,
     "reuse": _optional_string,
+    "log_json": _optional_string,
     "offline": _bool,
     "pricing": _pricing,
     "max_cost": _optional_positive_float,
@@ -493,7 +495,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return _relative_to(path.parent, data)
 
 
-PATH_KEYS = ("inputs", "output", "checkpoint", "tools_file", "reuse")
+PATH_KEYS = ("inputs", "output", "checkpoint", "tools_file", "reuse", "log_json")
 
 
 def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:

@@ -32,13 +32,14 @@ from .errors import (
     Interrupted,
     RunMismatchError,
 )
+from .events import EventLog
 from .limits import RateLimiter, RateWindow
 from .lock import CheckpointLock
 from .media import MediaResolver
 from .payloads import RequestKeys, dump_extra, prepare_row
 from .records import DONE, FAILED, INVALID, PENDING
 from .results import ColumnKinds, read_reusable, write_outputs
-from .runner import Engine, RunStats, StopSignal, run_engine
+from .runner import Engine, RunStats, run_engine
 from .store import AssetCache, CheckpointWriter, Store, remove_checkpoint
 from .templates import PromptTemplate
 from .transport import AiohttpTransport, Transport
@@ -226,54 +227,127 @@ def run_job(
     transport: Transport | None = None,
 ) -> JobResult:
     """Run or resume the job described by `cfg` and write its output."""
-    output = Path(cfg.output)
+    return asyncio.run(run_job_async(cfg, watcher=watcher, transport=transport))
+
+
+async def run_job_async(
+    cfg: RunConfig,
+    *,
+    watcher: Watcher | None = None,
+    transport: Transport | None = None,
+    limiter: RateLimiter | None = None,
+) -> JobResult:
+    """The same, inside a running loop; `limiter` may be shared by several jobs (sweeps)."""
+    api_key = preflight(cfg)
+    files, identity = input_identity(cfg)
+    started = time.monotonic()
+    events = EventLog(Path(cfg.log_json)) if cfg.log_json else None
+    try:
+        with CheckpointLock(cfg.checkpoint_path):
+            store, resumed = open_checkpoint(cfg, files, identity)
+            try:
+                stats = _prepare(cfg, store, resumed)
+                if events is not None:
+                    events.emit("job_start", **_start_fields(cfg, store, stats, resumed))
+                stopped: BatchrunError | None = None
+                if not cfg.offline:
+                    parts = _Parts(api_key, watcher, transport, limiter, events)
+                    try:
+                        await _run_engine(cfg, store, stats, parts)
+                    except BatchrunError as exc:
+                        stopped = exc
+                result = _finish(cfg, store, stats, started, resumed, stopped)
+                if events is not None:
+                    events.emit("job_end", **_end_fields(result))
+                return result
+            finally:
+                store.close()
+    finally:
+        if events is not None:
+            events.close()
+
+
+def preflight(cfg: RunConfig) -> str | None:
+    """What can be wrong before the inputs are even read. Returns the key (None offline)."""
     if not cfg.output:
         raise ConfigError("no output file: pass -o/--output or set output = ... in the config")
     api_key = None if cfg.offline else read_api_key(cfg)
-    check_output_writable(output)
+    check_output_writable(Path(cfg.output))
     if cfg.reuse and not Path(cfg.reuse).is_file():
         raise ConfigError(f"--reuse {cfg.reuse}: no such checkpoint or output file")
-    files, identity = input_identity(cfg)
-    started = time.monotonic()
-    with CheckpointLock(cfg.checkpoint_path):
-        store, resumed = open_checkpoint(cfg, files, identity)
-        try:
-            reset = store.prepare_resume(cfg.retry_failed)
-            if resumed:
-                log.info("resuming %s (%d rows to send again)", cfg.checkpoint_path, reset)
-            reused = reuse_answers(store, Path(cfg.reuse)) if cfg.reuse else 0
-            not_cached = 0
-            if cfg.offline:
-                not_cached = store.fail_pending("not in cache (--offline sends nothing)", "offline")
-            stats = RunStats(todo=_todo(store), reused=reused, not_cached=not_cached)
-            stopped: BatchrunError | None = None
-            try:
-                if not cfg.offline:
-                    asyncio.run(_run_async(cfg, store, api_key, stats, watcher, transport))
-            except BatchrunError as exc:
-                stopped = exc
-            outputs, parse_errors = write_outputs(
-                store, output, cfg.output_format, parse_json=cfg.parse_json, extract=cfg.extract
-            )
-            counts = store.counts()
-            totals = store.totals()
-            return JobResult(
-                exit_code=_exit_code(counts, stopped),
-                output=outputs[0],
-                outputs=outputs,
-                checkpoint=cfg.checkpoint_path,
-                counts=counts,
-                totals=totals,
-                stats=stats,
-                wall_s=time.monotonic() - started,
-                resumed=resumed,
-                stopped=stopped,
-                failure_causes=store.failure_causes(),
-                parse_errors=parse_errors,
-                cost=job_cost(cfg, totals),
-            )
-        finally:
-            store.close()
+    return api_key
+
+
+def _prepare(cfg: RunConfig, store: Store, resumed: bool) -> RunStats:
+    """Before sending: in-flight rows back to pending, --reuse answers, --offline failures."""
+    reset = store.prepare_resume(cfg.retry_failed)
+    if resumed:
+        log.info("resuming %s (%d rows to send again)", cfg.checkpoint_path, reset)
+    reused = reuse_answers(store, Path(cfg.reuse)) if cfg.reuse else 0
+    not_cached = 0
+    if cfg.offline:
+        not_cached = store.fail_pending("not in cache (--offline sends nothing)", "offline")
+    return RunStats(todo=_todo(store), reused=reused, not_cached=not_cached)
+
+
+def _finish(
+    cfg: RunConfig,
+    store: Store,
+    stats: RunStats,
+    started: float,
+    resumed: bool,
+    stopped: BatchrunError | None,
+) -> JobResult:
+    """Write the output (whatever way the run ended) and sum the job up."""
+    outputs, parse_errors = write_outputs(
+        store, Path(cfg.output), cfg.output_format, parse_json=cfg.parse_json, extract=cfg.extract
+    )
+    counts = store.counts()
+    totals = store.totals()
+    return JobResult(
+        exit_code=_exit_code(counts, stopped),
+        output=outputs[0],
+        outputs=outputs,
+        checkpoint=cfg.checkpoint_path,
+        counts=counts,
+        totals=totals,
+        stats=stats,
+        wall_s=time.monotonic() - started,
+        resumed=resumed,
+        stopped=stopped,
+        failure_causes=store.failure_causes(),
+        parse_errors=parse_errors,
+        cost=job_cost(cfg, totals),
+    )
+
+
+def _start_fields(cfg: RunConfig, store: Store, stats: RunStats, resumed: bool) -> dict[str, Any]:
+    return {
+        "output": cfg.output,
+        "checkpoint": str(cfg.checkpoint_path),
+        "model": cfg.model,
+        "base_url": cfg.base_url,
+        "rows": store.row_count(),
+        "to_send": stats.todo,
+        "resumed": resumed,
+        "reused": stats.reused,
+        "not_cached": stats.not_cached,
+    }
+
+
+def _end_fields(result: JobResult) -> dict[str, Any]:
+    return {
+        "exit_code": result.exit_code,
+        "states": result.counts,
+        "tokens": result.totals,
+        "cost": result.cost,
+        "wall_s": round(result.wall_s, 3),
+        "sent": result.stats.submissions,
+        "retries": result.stats.retries,
+        "rate_limited": result.stats.rate_limited,
+        "rebuys": result.stats.rebuys,
+        "stopped": str(result.stopped) if result.stopped else None,
+    }
 
 
 def reuse_answers(store: Store, source: Path) -> int:
@@ -301,16 +375,27 @@ def _exit_code(counts: dict[str, int], stopped: BatchrunError | None) -> int:
     return 1 if unfinished else 0
 
 
-async def _run_async(
-    cfg: RunConfig,
-    store: Store,
-    api_key: str | None,
-    stats: RunStats,
-    watcher: Watcher | None,
-    transport: Transport | None,
-) -> None:
-    client_transport = transport or AiohttpTransport(
-        api_key=api_key,
+@dataclass
+class _Parts:
+    """What a run is wired from, besides its config and checkpoint (tests swap some)."""
+
+    api_key: str | None
+    watcher: Watcher | None
+    transport: Transport | None
+    limiter: RateLimiter | None
+    events: EventLog | None
+
+
+def new_limiter(cfg: RunConfig) -> RateLimiter:
+    return RateLimiter(
+        RateWindow(cfg.rpm or None, cfg.tpm),
+        expected_completion=min(cfg.body_template().get("max_tokens") or 512, 512),
+    )
+
+
+async def _run_engine(cfg: RunConfig, store: Store, stats: RunStats, parts: _Parts) -> None:
+    transport = parts.transport or AiohttpTransport(
+        api_key=parts.api_key,
         trusted_urls=[cfg.base_url, *_status_hosts(cfg)],
         connections=cfg.concurrency + cfg.max_pending + 4,
         allow_insecure_http=cfg.allow_insecure_http,
@@ -318,26 +403,20 @@ async def _run_async(
     writer = CheckpointWriter(store.path)
     assets = AssetCache(store.path)
     try:
-        stop = StopSignal()
-        limiter = RateLimiter(
-            RateWindow(cfg.rpm or None, cfg.tpm),
-            sleep=stop.sleep,
-            expected_completion=min(cfg.body_template().get("max_tokens") or 512, 512),
-        )
-        client = EndpointClient(client_transport, cfg)
+        client = EndpointClient(transport, cfg)
         uploader = AssetUploader(client, assets) if cfg.uses_assets() else None
         engine = Engine(
             cfg,
             client,
-            limiter,
+            parts.limiter or new_limiter(cfg),
             writer,
             stats,
-            stop=stop,
             media=MediaResolver(uploader),
             budget=_budget(cfg, store),
+            events=parts.events,
         )
         _install_signal_handlers(engine)
-        watching = asyncio.create_task(watcher.watch(stats)) if watcher else None
+        watching = asyncio.create_task(parts.watcher.watch(stats)) if parts.watcher else None
         try:
             await run_engine(engine, store)
         finally:
@@ -346,7 +425,7 @@ async def _run_async(
                 with suppress(asyncio.CancelledError):
                     await watching
     finally:
-        await client_transport.close()
+        await transport.close()
         await asyncio.to_thread(writer.flush)
         writer.close()
         assets.close()

@@ -171,13 +171,17 @@ class RateLimiter:
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
-    async def acquire(self, prompt_tokens: int = 0) -> Reservation:
+    async def acquire(
+        self, prompt_tokens: int = 0, *, sleep: Callable[[float], Awaitable[None]] | None = None
+    ) -> Reservation:
+        """Wait for a start slot. `sleep` may end early (a job's stop signal)."""
         tokens = prompt_tokens + int(self.expected_completion)
+        nap = sleep or self._sleep
         while True:
             now = self.now()
             reservation = self.window.reserve(now, tokens)
             if reservation.at > now:
-                await self._sleep(reservation.at - now)
+                await nap(reservation.at - now)
             # A 429 elsewhere may have paused everyone while we slept. The slot we booked
             # stays counted (erring low, never high); book a new one after the pause.
             if self.window.paused_until <= reservation.at:

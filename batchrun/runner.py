@@ -48,6 +48,7 @@ from .errors import (
     StatusError,
     TransportError,
 )
+from .events import EventLog
 from .faults import crash_point
 from .limits import Capacity, RateLimiter, Reservation
 from .media import MediaResolver, has_local_media
@@ -160,6 +161,7 @@ class Engine:
         stop: StopSignal | None = None,
         media: MediaResolver | None = None,
         budget: CostBudget | None = None,
+        events: EventLog | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -173,6 +175,7 @@ class Engine:
         self.stop = stop or StopSignal()
         self.media = media or MediaResolver(None)
         self.budget = budget
+        self.events = events
         self._wall = wall_clock
         self._rng = rng or random.Random()
         self._max_failed, self._max_failed_pct = failure_budget(cfg.max_failures)
@@ -184,6 +187,8 @@ class Engine:
         return self.stop.is_set
 
     def request_stop(self, reason: BatchrunError | None = None) -> None:
+        if self.events is not None and reason is not None and not self.stopping:
+            self.events.emit("job_stop", reason=str(reason), kind=type(reason).__name__)
         self.stop.request(reason)
 
     async def sleep(self, seconds: float) -> None:
@@ -259,7 +264,7 @@ class Engine:
         async with self.submit_slots:
             if self.stopping:
                 raise _Stopped
-            reservation = await self.limiter.acquire(item.est_tokens)
+            reservation = await self.limiter.acquire(item.est_tokens, sleep=self.stop.sleep)
             if self.stopping:
                 raise _Stopped
             self._book_cost(item)
@@ -358,6 +363,8 @@ class Engine:
         if wait is not None and wait > LONG_WAIT_S:
             log.warning("server asked to wait %.0fs (%s): pausing the whole job", wait, exc)
             self.limiter.pause(wait)
+            if self.events is not None:
+                self.events.emit("paused", seconds=wait, cause=_cause(exc))
             wait = 0.0
         if isinstance(exc, StatusError) and exc.status == 429:
             wait = 0.0  # the limiter already paused everyone (and slowed down)
@@ -365,6 +372,15 @@ class Engine:
             ceiling = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (tries - 1))
             wait = self._rng.uniform(ceiling / 2, ceiling)
         log.debug("row %s: try %d failed (%s); next in %.1fs", item.row_id, tries, exc, wait)
+        if self.events is not None:
+            self.events.emit(
+                "retry",
+                id=item.row_id,
+                attempt=tries,
+                cause=_cause(exc),
+                error=str(exc),
+                wait_s=wait,
+            )
         await self.sleep(wait)
         return not self.stopping
 
@@ -372,6 +388,8 @@ class Engine:
         self.stats.rate_limited += 1
         pause = self.limiter.on_rate_limited(exc.retry_after)
         log.info("429 from the server: pausing all submissions %.1fs and slowing down", pause)
+        if self.events is not None:
+            self.events.emit("rate_limited", pause_s=round(pause, 3), retry_after=exc.retry_after)
 
     # ---- recording
 
@@ -449,11 +467,28 @@ class Engine:
                 outcome.cause, outcome.raw,
             ),
         )  # fmt: skip
+        if self.events is not None:
+            self._emit_outcome(item, outcome)
         if outcome.state == DONE:
             self.stats.ok += 1
         else:
             self.stats.failed += 1
             self._check_failure_budget()
+
+    def _emit_outcome(self, item: WorkItem, outcome: Outcome) -> None:
+        assert self.events is not None
+        c = outcome.completion
+        if outcome.state == DONE:
+            self.events.emit(
+                "row_done", id=item.row_id, attempts=item.attempts, latency_s=outcome.latency_s,
+                prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                request_id=outcome.request_id,
+            )  # fmt: skip
+        else:
+            self.events.emit(
+                "row_failed", id=item.row_id, attempts=item.attempts, cause=outcome.cause,
+                error=outcome.error, status_code=outcome.status_code,
+            )  # fmt: skip
 
     def _check_failure_budget(self) -> None:
         """Stop an unattended job that is failing rows faster than the user allows."""

@@ -1,23 +1,28 @@
 """Measuring child processes and the machine: wall time, peak RSS, CPU time, summaries.
 
 A benchmark's figure is always a whole child process, from just before it is spawned to just
-after it is reaped: `os.wait4` gives its peak RSS (ru_maxrss) and CPU time exactly, with no
-sampling. Output goes to files, never to pipes, so a chatty child cannot block.
+after it is reaped, as measured by benchmarks/launch.py, which spawns it and reads its
+rusage with wait4: peak RSS (ru_maxrss) and CPU time exact, with no sampling (see launch.py
+for why the orchestrator does not spawn it directly). Output goes to files, never to pipes,
+so a chatty child cannot block.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+LAUNCHER = Path(__file__).with_name("launch.py")
 
 
 @dataclass
@@ -35,57 +40,65 @@ class Run:
 
 
 class Child:
-    """A running child process, its output in `<log>.out` / `<log>.err`."""
+    """A running command (under the launcher), its output in `<log>.out` / `<log>.err`."""
 
-    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, cmd: list[str], log: Path) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.cmd = cmd
         self._out, self._err = log.with_suffix(".out"), log.with_suffix(".err")
-        self.started_wall = time.time()
-        self.started = time.perf_counter()
+        self._report = log.with_suffix(".figures.json")
+        self._start = Path(f"{self._report}.start")
+        for stale in (self._report, self._start):
+            stale.unlink(missing_ok=True)
+        launcher = [sys.executable, str(LAUNCHER), str(self._report), "--", *cmd]
         with self._out.open("wb") as out, self._err.open("wb") as err:
-            self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env
-            )
+            self.proc = subprocess.Popen(launcher, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+
+    def _started(self) -> dict[str, float]:
+        for _ in range(1000):
+            if self._start.exists() and self._start.stat().st_size:
+                return json.loads(self._start.read_text())  # type: ignore[no-any-return]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        raise RuntimeError(f"launcher did not start {self.cmd[0]}: {self._err.read_text()}")
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def started_wall(self) -> float:
+        """time.time() just before the command was spawned."""
+        return self._started()["started_wall"]
 
     def signal(self, sig: int = signal.SIGINT) -> None:
-        if self.proc.returncode is None:
-            os.kill(self.proc.pid, sig)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(self._started()["pid"]), sig)
 
     def wait(self, timeout: float) -> Run:
-        """Reap the child (killing it after `timeout` seconds) and return its figures."""
-        expired = threading.Event()
-
-        def kill() -> None:
-            expired.set()
-            self.signal(signal.SIGKILL)
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
+        """Reap the command (killing it after `timeout` seconds) and return its figures."""
+        timed_out = False
         try:
-            _, status, usage = os.wait4(self.proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - self.started
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self.signal(signal.SIGKILL)
+            self.proc.wait()
+        if not self._report.exists():
+            raise RuntimeError(f"launcher failed for {self.cmd[0]}: {self._err.read_text()}")
+        figures = json.loads(self._report.read_text())
         return Run(
             cmd=self.cmd,
-            rc=self.proc.returncode,
-            wall_s=wall,
-            maxrss_mib=usage.ru_maxrss / 1024,  # KiB on Linux
-            cpu_s=usage.ru_utime + usage.ru_stime,
+            rc=figures["rc"],
+            wall_s=figures["wall_s"],
+            maxrss_mib=figures["maxrss_kib"] / 1024,  # KiB on Linux
+            cpu_s=figures["cpu_s"],
             stdout=self._out.read_text(errors="replace"),
             stderr=self._err.read_text(errors="replace"),
-            timed_out=expired.is_set(),
+            timed_out=timed_out,
         )
 
 
-def run(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> Run:
-    return Child(cmd, log, env).wait(timeout)
+def run(cmd: list[str], log: Path, timeout: float) -> Run:
+    return Child(cmd, log).wait(timeout)
 
 
 def pinned(cmd: list[str], cpus: str) -> list[str]:

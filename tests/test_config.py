@@ -178,6 +178,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("parse_json", "yes"),
     ("reuse", ""),
     ("offline", 1),
+    ("log_json", ""),
     ("pricing", {"prompt": -1}),
     ("pricing", {"input": 1}),
     ("pricing", "cheap"),

@@ -503,9 +503,11 @@ def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str):
-            data[key] = str(folder / value) if value else value
+            data[key] = os.path.normpath(folder / value) if value else value
         elif key == "inputs" and isinstance(value, list):
-            data[key] = [str(folder / v) if isinstance(v, str) and v else v for v in value]
+            data[key] = [
+                os.path.normpath(folder / v) if isinstance(v, str) and v else v for v in value
+            ]
     return data
 
 

@@ -66,6 +66,7 @@ class MockSettings:
     stream_usage: bool = True  # False: no usage chunk in streams (llama.cpp's server)
     tool_call_stream: str = "index"  # streamed tool calls keyed by "index", "id", or "whole"
     inline_image_max: int = 180_000  # larger base64 images are refused (use assets)
+    json_fence: bool = False  # JSON answers wrapped in a ```json fence with prose around
     seed: int | None = None
 
 
@@ -180,6 +181,10 @@ class MockEndpoint:
         content = f"Answer to: {prompt}"
         if job.media:
             content += f" [images: {', '.join(job.media)}]"
+        if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+            content = json.dumps({"label": _sentiment(prompt), "answer": content})
+            if self.settings.json_fence:
+                content = f"Here is the JSON:\n```json\n{content}\n```"
         thinking = (body.get("chat_template_kwargs") or {}).get("enable_thinking", False)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         reasoning = f"Thinking about: {prompt}" if thinking else None
@@ -242,6 +247,11 @@ class MockEndpoint:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._problem(422, "Unprocessable Entity", "messages: field required")
+        temperature = body.get("temperature", 0)
+        if not isinstance(temperature, int | float) or not 0 <= temperature <= 1:
+            # The API reference: "What sampling temperature to use, between 0 and 1."
+            detail = f"temperature: Input should be less than or equal to 1, got {temperature}"
+            return self._problem(422, "Unprocessable Entity", detail)
         prompt = _last_user_text(messages)
         refs = request.headers.get("NVCF-INPUT-ASSET-REFERENCES", "")
         media, refused = self._media(messages, refs)
@@ -631,6 +641,46 @@ def _tool_calls(body: dict[str, Any], prompt: str) -> list[dict[str, Any]] | Non
             }
         ]
     return None
+
+
+POSITIVE = frozenset(
+    [
+        "love",
+        "great",
+        "gorgeous",
+        "recommended",
+        "worth",
+        "fast",
+        "exact",
+        "replaced",
+        "well",
+        "works",
+    ]
+)
+NEGATIVE = frozenset(
+    [
+        "stopped",
+        "broken",
+        "crushed",
+        "crashes",
+        "wrong",
+        "mushy",
+        "stick",
+        "smells",
+        "loud",
+        "short",
+        "late",
+    ]
+)
+
+
+def _sentiment(prompt: str) -> str:
+    """A deterministic 'label' for JSON answers: enough to score a labelling sweep."""
+    text = prompt.rsplit("Review:", 1)[-1]  # judge the review, not the instructions
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    if words & NEGATIVE:
+        return "negative"
+    return "positive" if words & POSITIVE else "neutral"
 
 
 def _pieces(text: str) -> list[str]:

@@ -289,6 +289,33 @@ def export(checkpoint: str, output: str, output_format: str) -> None:
     click.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("output", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    help="Also write a self-contained HTML page with plots (needs matplotlib).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def report(output: str, html_path: str | None, as_json: bool) -> None:
+    """Sum a job up: rows by status, tokens, cost, latency, throughput, failures by cause.
+
+    OUTPUT is an output Parquet file (its checkpoint is read too when it is beside it), or a
+    checkpoint whose output file can be found."""
+    from .report import format_report, summarize, write_html
+
+    try:
+        summary = summarize(Path(output))
+        click.echo(json.dumps(summary, indent=2) if as_json else format_report(summary))
+        if html_path:
+            write_html(summary, Path(output), Path(html_path))
+    except BatchrunError as exc:
+        _fail(exc)
+    if html_path:
+        click.echo(f"wrote {html_path}", err=True)
+
+
 @main.command("mock-server", context_settings=CONTEXT)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, help="0 picks a free port.")
@@ -383,3 +410,35 @@ def mock_server(
     except OSError as exc:
         click.echo(f"batchrun: error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         sys.exit(EXIT_USAGE)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--junit-xml", type=click.Path(dir_okay=False), help="Write one test case per cell.")
+@click.option(
+    "--max-failure-rate", type=float, help="A cell fails above this share of failed rows."
+)
+@click.option("--score-field", help="Score this field of the parsed answer against `expected`.")
+@click.option("--base-url", help="Endpoint for every cell (over the sweep file).")
+@click.option("--offline", is_flag=True, default=None, help="Send nothing (replay stored answers).")
+@click.option("--fresh", is_flag=True, default=None, help="Start every cell over.")
+@click.option("-v", "--verbose", count=True)
+def sweep(sweep_file: str, junit_xml: str | None, verbose: int, **options: Any) -> None:
+    """Run a grid of jobs (datasets x models x values) and write summary.parquet/.md.
+
+    Exit 0 only when every cell passes."""
+    from .sweep import load_sweep
+    from .sweep import sweep as run_sweep
+
+    _setup_logging(verbose)
+    try:
+        spec = load_sweep(Path(sweep_file), options)
+        reports, written = run_sweep(spec, Path(junit_xml) if junit_xml else None)
+    except BatchrunError as exc:
+        _fail(exc)
+    passed = sum(r.passed for r in reports)
+    click.echo(
+        f"sweep: {passed} of {len(reports)} cells passed; wrote " + ", ".join(map(str, written)),
+        err=True,
+    )
+    sys.exit(0 if passed == len(reports) else 1)

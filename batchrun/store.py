@@ -335,6 +335,25 @@ class Store:
         ).fetchall()
         return [(f"{cause} (e.g. {example})", int(n)) for cause, n, example in rows]
 
+    def timeline(self, page: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+        """Pages of finished (done or failed) rows: (finished_at, state, cause, reused, error).
+
+        For `batchrun report` (answer times, failure causes). Paged in input order, not by
+        finished_at: that column has no index, so ordering by it would sort the whole table
+        for every page; the caller orders what it keeps.
+        """
+        after = -1
+        while True:
+            rows = self._conn.execute(
+                "SELECT idx, finished_at, state, cause, reused, error FROM items "
+                "WHERE idx > ? AND state IN (?, ?) ORDER BY idx LIMIT ?",
+                (after, DONE, FAILED, page),
+            ).fetchall()
+            if not rows:
+                return
+            yield [row[1:] for row in rows]
+            after = rows[-1][0]
+
     def work_page(
         self, after_idx: int, limit: int, states: tuple[str, ...]
     ) -> list[tuple[Any, ...]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,19 +161,18 @@ def _page_table(
     extra: list[list[str]],
     derived: Derived | None,
 ) -> pa.Table:
-    columns: list[list[Any]] = [[] for _ in schema]
-    extra_at, state_at = _AT["extra"], _AT["state"]
-    for row in rows:
-        cells = [row[i] for i in _SOURCES]
-        cells[1] = OUTPUT_STATUS.get(cells[1], "pending")
-        cells[_REUSED_CELL] = bool(cells[_REUSED_CELL])
-        if extra:
-            values = json.loads(row[extra_at]) if row[extra_at] else {}
-            cells += [_cell(values.get(name), kind) for name, kind in extra]
-        if derived is not None:
-            cells += derived.values(row[state_at], row[_CONTENT])
-        for column, value in zip(columns, cells, strict=True):
-            column.append(value)
+    """One row group. Built column by column: a transpose in C, not a loop per cell."""
+    by_source = list(zip(*rows, strict=True))
+    columns: list[Sequence[Any]] = [by_source[i] for i in _SOURCES]
+    columns[1] = [OUTPUT_STATUS.get(state, "pending") for state in columns[1]]
+    columns[_REUSED_CELL] = [bool(flag) for flag in columns[_REUSED_CELL]]
+    if extra:
+        values = [json.loads(text) if text else {} for text in by_source[_AT["extra"]]]
+        for name, kind in extra:
+            columns.append([_cell(v.get(name), kind) for v in values])
+    if derived is not None:
+        cells = map(derived.values, by_source[_AT["state"]], by_source[_CONTENT])
+        columns.extend(zip(*cells, strict=True))
     arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
 

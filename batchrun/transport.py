@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -79,6 +79,44 @@ class _AiohttpResponse:
             yield buffer.rstrip(b"\r")
 
 
+class _Exchange:
+    """`async with transport.request(...) as resp`: aiohttp's context, errors translated.
+
+    A plain class rather than @asynccontextmanager: this runs once per request, and a
+    generator-based context manager costs noticeably more on the hot path.
+    """
+
+    __slots__ = ("_context", "_method", "_time_limit", "_url")
+
+    def __init__(self, context: Any, method: str, url: str, time_limit: float) -> None:
+        self._context = context
+        self._method = method
+        self._url = url
+        self._time_limit = time_limit
+
+    async def __aenter__(self) -> Response:
+        try:
+            return _AiohttpResponse(await self._context.__aenter__())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._translate(exc) from None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        try:
+            await self._context.__aexit__(kind, exc, tb)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise self._translate(error) from None
+        if isinstance(exc, TimeoutError | aiohttp.ClientError):
+            raise self._translate(exc) from None  # raised while the body was read
+
+    def _translate(self, exc: TimeoutError | aiohttp.ClientError) -> TransportError:
+        where = f"{self._method} {_safe(self._url)}"
+        if isinstance(exc, TimeoutError):
+            return TransportError(f"{where}: no answer within {self._time_limit:g}s")
+        return TransportError(f"{where}: {_describe(exc)}")
+
+
 class AiohttpTransport:
     """One keep-alive ClientSession for the whole job, created inside the running loop."""
 
@@ -95,6 +133,8 @@ class AiohttpTransport:
         self._connections = connections
         self._allow_insecure_http = allow_insecure_http
         self._session: aiohttp.ClientSession | None = None
+        self._auth_by_origin: dict[str, dict[str, str]] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def __repr__(self) -> str:
         return (
@@ -115,6 +155,13 @@ class AiohttpTransport:
     def _auth_headers(self, url: str) -> dict[str, str]:
         """The key goes only to the endpoint's own hosts and to NVIDIA's, never over
         plain http off this machine, and never to a redirect target such as S3."""
+        origin = "/".join(url.split("/", 3)[:3])  # scheme://netloc: all the decision uses
+        cached = self._auth_by_origin.get(origin)
+        if cached is None:
+            cached = self._auth_by_origin[origin] = self._decide_auth(origin + "/")
+        return cached
+
+    def _decide_auth(self, url: str) -> dict[str, str]:
         if not self.__key:
             return {}
         parts = urlsplit(url)
@@ -125,8 +172,7 @@ class AiohttpTransport:
             return {}
         return {"Authorization": f"Bearer {self.__key}"}
 
-    @asynccontextmanager
-    async def request(
+    def request(
         self,
         method: str,
         url: str,
@@ -134,26 +180,20 @@ class AiohttpTransport:
         headers: Mapping[str, str],
         body: bytes | None = None,
         time_limit: float,
-    ) -> AsyncIterator[Response]:
-        session = self._session_or_new()
-        all_headers = {**headers, **self._auth_headers(url)}
-        client_timeout = aiohttp.ClientTimeout(total=time_limit, connect=min(time_limit, 60.0))
-        try:
-            async with session.request(
-                method,
-                url,
-                data=body,
-                headers=all_headers,
-                timeout=client_timeout,
-                allow_redirects=False,  # a 302 is a large NVCF result: handled by the client
-            ) as resp:
-                yield _AiohttpResponse(resp)
-        except TimeoutError:
-            raise TransportError(
-                f"{method} {_safe(url)}: no answer within {time_limit:g}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{method} {_safe(url)}: {_describe(exc)}") from None
+    ) -> _Exchange:
+        timeout = self._timeouts.get(time_limit)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=time_limit, connect=min(time_limit, 60.0))
+            self._timeouts[time_limit] = timeout
+        context = self._session_or_new().request(
+            method,
+            url,
+            data=body,
+            headers={**headers, **self._auth_headers(url)},
+            timeout=timeout,
+            allow_redirects=False,  # a 302 is a large NVCF result: handled by the client
+        )
+        return _Exchange(context, method, url, time_limit)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import IO, Any, cast
 
 import pyarrow.parquet as pq
 
+from . import codec
 from .errors import ConfigError
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
@@ -119,6 +119,8 @@ def _read_jsonl(source: InputFile) -> Iterator[SourceRow]:
                     _skip_rest_of_line(fh)
                     yield SourceRow(loc, None, f"{loc}: line longer than {MAX_LINE_BYTES} bytes")
                     continue
+                if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]  # a UTF-8 byte-order mark, as Windows tools write
                 if not line.strip():
                     continue
                 yield _parse_json_line(loc, line)
@@ -137,13 +139,13 @@ def _skip_rest_of_line(fh: IO[bytes]) -> None:
 
 def _parse_json_line(loc: str, line: bytes) -> SourceRow:
     try:
-        value = json.loads(line)
-    except UnicodeDecodeError:
-        return SourceRow(loc, None, f"{loc}: line is not valid UTF-8")
-    except json.JSONDecodeError as exc:
+        value = codec.loads(line)
+    except codec.JSONDecodeError as exc:
+        if "UTF-8" in exc.msg:
+            return SourceRow(loc, None, f"{loc}: line is not valid UTF-8")
+        if "ecursion" in exc.msg:
+            return SourceRow(loc, None, f"{loc}: JSON nested too deeply")
         return SourceRow(loc, None, f"{loc}: invalid JSON ({exc.msg} at column {exc.colno})")
-    except RecursionError:
-        return SourceRow(loc, None, f"{loc}: JSON nested too deeply")
     if not isinstance(value, dict):
         return SourceRow(loc, None, f"{loc}: expected a JSON object, got {type(value).__name__}")
     return SourceRow(loc, value)

@@ -426,6 +426,7 @@ async def _run_engine(cfg: RunConfig, store: Store, stats: RunStats, parts: _Par
                     await watching
     finally:
         await transport.close()
+        writer.handoff()
         await asyncio.to_thread(writer.flush)
         writer.close()
         assets.close()

@@ -175,6 +175,11 @@ class RateLimiter:
         self, prompt_tokens: int = 0, *, sleep: Callable[[float], Awaitable[None]] | None = None
     ) -> Reservation:
         """Wait for a start slot. `sleep` may end early (a job's stop signal)."""
+        window = self.window
+        if window.rpm is None and window.tpm is None:  # no limits (a local server)
+            now = self.now()
+            if now >= window.paused_until:
+                return Reservation(now)
         tokens = prompt_tokens + int(self.expected_completion)
         nap = sleep or self._sleep
         while True:

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import codec
 from .dataset import SourceRow, jsonable
 from .media import MediaProblem, iter_media_parts, localize
 from .templates import PromptTemplate, TemplateProblem
@@ -83,10 +84,8 @@ def prepare_row(source: SourceRow, template: PromptTemplate | None = None) -> Pr
     return PreparedRow(
         row_id=row_id,
         loc=source.loc,
-        messages=json.dumps(messages, ensure_ascii=False, separators=(",", ":")),
-        overrides=(
-            json.dumps(overrides, ensure_ascii=False, separators=(",", ":")) if overrides else None
-        ),
+        messages=codec.dumps(messages),
+        overrides=(codec.dumps(overrides) if overrides else None),
         extra=extra,
         est_tokens=estimate_prompt_tokens(messages),
     )
@@ -228,7 +227,7 @@ def estimate_prompt_tokens(messages: list[Any]) -> int:
 def dump_extra(extra: dict[str, Any] | None) -> str | None:
     if not extra:
         return None
-    return json.dumps(extra, ensure_ascii=False, default=jsonable, separators=(",", ":"))
+    return codec.dumps(extra, default=jsonable)
 
 
 # Body fields that change how an answer travels, not what it says: left out of request keys.
@@ -249,7 +248,7 @@ class RequestKeys:
 
     def key(self, messages: str, overrides: str | None) -> str:
         if overrides is not None:
-            fields = {k: v for k, v in json.loads(overrides).items() if k not in TRANSPORT_FIELDS}
+            fields = {k: v for k, v in codec.loads(overrides).items() if k not in TRANSPORT_FIELDS}
             overrides = (
                 json.dumps(fields, ensure_ascii=False, separators=(",", ":")) if fields else None
             )
@@ -277,8 +276,8 @@ class BodyBuilder:
         """Request bytes, and whether this row streams (a row's body may say so)."""
         if overrides is None:
             return (self._prefix + messages + "}").encode(), stream
-        body = {**self.template, **json.loads(overrides)}
-        body["messages"] = json.loads(messages)
+        body = {**self.template, **codec.loads(overrides)}
+        body["messages"] = codec.loads(messages)
         if body.get("stream") is True:
             body.setdefault("stream_options", {"include_usage": True})
         else:
@@ -287,6 +286,6 @@ class BodyBuilder:
         return data, body.get("stream") is True
 
     def max_tokens(self, overrides: str | None) -> int | None:
-        source = json.loads(overrides) if overrides else self.template
+        source = codec.loads(overrides) if overrides else self.template
         value = source.get("max_tokens", self.template.get("max_tokens"))
         return value if isinstance(value, int) else None

@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from . import codec
 from .errors import ResponseFormatError
 from .records import Completion
 
@@ -34,7 +35,7 @@ THINK_CLOSE = "</think>"
 def parse_completion(body: bytes | str) -> Completion:
     """Parse a chat.completion body; anything unusable raises ResponseFormatError (retried)."""
     try:
-        data = json.loads(body)
+        data = codec.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ResponseFormatError(f"answer is not JSON: {_snippet(body)}") from None
     if not isinstance(data, dict):
@@ -137,7 +138,7 @@ class StreamAssembler:
         if not payload:
             return
         try:
-            chunk = json.loads(payload)
+            chunk = codec.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ResponseFormatError(f"stream chunk is not JSON: {_snippet(payload)}") from None
         if not isinstance(chunk, dict):

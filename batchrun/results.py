@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import codec
 from .errors import ConfigError
 from .faults import crash_point
 from .parsing import extract_fields, parse_answer
@@ -167,7 +168,7 @@ def _page_table(
     columns[1] = [OUTPUT_STATUS.get(state, "pending") for state in columns[1]]
     columns[_REUSED_CELL] = [bool(flag) for flag in columns[_REUSED_CELL]]
     if extra:
-        values = [json.loads(text) if text else {} for text in by_source[_AT["extra"]]]
+        values = [codec.loads(text) if text else {} for text in by_source[_AT["extra"]]]
         for name, kind in extra:
             columns.append([_cell(v.get(name), kind) for v in values])
     if derived is not None:

@@ -581,7 +581,12 @@ async def _pages(source: PageSource, states: tuple[str, ...]) -> Any:
 
 
 async def dispatch(engine: Engine, source: PageSource) -> None:
-    """Run every unfinished row: ids the server holds first (they expire), then the rest."""
+    """Run every unfinished row: ids the server holds first (they expire), then the rest.
+
+    Resumed ids get a task each at once (NVCF drops an id nobody polls). New rows go through
+    a queue to a fixed pool of workers, one row at a time each: no task per row, and at most
+    `max_pending` rows between their first submission and their answer.
+    """
     capacity = Capacity(engine.cfg.max_pending)
     stop_watch = asyncio.create_task(_close_on_stop(engine, capacity))
 
@@ -591,15 +596,24 @@ async def dispatch(engine: Engine, source: PageSource) -> None:
         finally:
             capacity.release()
 
+    async def worker(todo: asyncio.Queue[WorkItem | None]) -> None:
+        while (item := await todo.get()) is not None:
+            if await capacity.acquire():
+                await run(item)
+
     try:
         async with asyncio.TaskGroup() as tasks:
             async for item in _pages(source, (POLLING, FETCHED)):
                 capacity.take()  # already pending at the server: poll now, whatever the limit
                 tasks.create_task(run(item))
+            todo: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=2 * engine.cfg.concurrency)
+            workers = [tasks.create_task(worker(todo)) for _ in range(engine.cfg.max_pending)]
             async for item in _pages(source, (PENDING,)):
-                if not await capacity.acquire() or engine.stopping:
+                if engine.stopping:
                     break
-                tasks.create_task(run(item))
+                await todo.put(item)
+            for _ in workers:
+                await todo.put(None)
     finally:
         stop_watch.cancel()
 

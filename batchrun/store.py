@@ -68,7 +68,6 @@ CREATE TABLE items (
     reused INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX items_row_id ON items (row_id);
-CREATE INDEX items_request_hash ON items (request_hash);
 CREATE TABLE assets (sha256 TEXT PRIMARY KEY, asset_id TEXT NOT NULL, uploaded_at REAL NOT NULL);
 """
 MIGRATIONS: list[tuple[str, str]] = [("m001_initial", _M001)]
@@ -445,7 +444,7 @@ class AssetCache:
 Callback = Callable[[BaseException | None], None]
 
 
-_GENERIC, _SUBMITTED, _FINAL, _FLUSH, _STOP, _TICK = range(6)
+_GENERIC, _SUBMITTED, _FINAL, _FLUSH, _STOP, _TICK, _GATHERED = range(7)
 _SUBMITTED_SQL = "UPDATE items SET state=?, attempts=?, first_submit_at=? WHERE idx=?"
 _FINAL_SQL = f"UPDATE items SET {', '.join(f'{c}=?' for c in FINAL_COLUMNS)} WHERE idx=?"
 
@@ -468,6 +467,14 @@ class _Batch:
 
     def __bool__(self) -> bool:
         return bool(self.generic or self.submitted or self.finals)
+
+    def add(self, kind: int, idx: int, payload: Any) -> None:
+        if kind == _FINAL:
+            self.finals[idx] = payload
+        elif kind == _SUBMITTED:
+            self.submitted[idx] = payload
+        elif kind == _GENERIC:
+            self.generic.setdefault(idx, {}).update(payload)
 
     def write(self, conn: sqlite3.Connection) -> None:
         finals = self.finals
@@ -499,13 +506,21 @@ class _Batch:
 
 
 class CheckpointWriter:
-    """The writer thread: row updates queued from the event loop, committed in batches."""
+    """The writer thread: row updates from the event loop, committed in batches.
+
+    Updates made on a running event loop are gathered there and handed to the thread as one
+    list every `interval` (one wake-up per batch, not per row: waking a thread per update
+    cost more CPU than the SQL itself); the thread commits each list at once. Updates from
+    outside a loop (tests, tools) go straight to the thread, which batches them itself.
+    """
 
     def __init__(self, path: Path, *, interval: float = FLUSH_INTERVAL_S) -> None:
         self._conn = connect(path)
         self._interval = interval
         self._queue: queue.SimpleQueue[tuple[int, int, Any, Callback | None]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="batchrun-checkpoint", daemon=True)
+        self._gathered: list[tuple[int, int, Any]] = []
+        self._handoff_timer: asyncio.TimerHandle | None = None
         self.error: BaseException | None = None
         self.commits = 0
         self._thread.start()
@@ -513,7 +528,26 @@ class CheckpointWriter:
     def _put(self, kind: int, idx: int, payload: Any, callback: Callback | None = None) -> None:
         if self.error is not None:
             raise CheckpointWriteError(f"checkpoint write failed: {self.error}")
-        self._queue.put((kind, idx, payload, callback))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or callback is not None:
+            self.handoff()  # keep the order: what was gathered goes first
+            self._queue.put((kind, idx, payload, callback))
+            return
+        self._gathered.append((kind, idx, payload))
+        if self._handoff_timer is None:
+            self._handoff_timer = loop.call_later(self._interval, self.handoff)
+
+    def handoff(self) -> None:
+        """Give the thread what the loop has gathered (call on the loop's thread)."""
+        if self._handoff_timer is not None:
+            self._handoff_timer.cancel()
+            self._handoff_timer = None
+        if self._gathered:
+            gathered, self._gathered = self._gathered, []
+            self._queue.put((_GATHERED, -1, gathered, None))
 
     def update(self, idx: int, columns: dict[str, Any]) -> None:
         """Queue an update; durable within FLUSH_INTERVAL_S plus one commit."""
@@ -539,7 +573,8 @@ class CheckpointWriter:
         await done
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until everything queued so far is committed (for use off the loop)."""
+        """Block until everything handed over so far is committed (call off the loop, after
+        `handoff()` on it)."""
         event = threading.Event()
         failure: list[BaseException] = []
 
@@ -575,17 +610,17 @@ class CheckpointWriter:
                 kind, idx, payload, callback = get(timeout=timeout)
             except queue.Empty:
                 kind, idx, payload, callback = _TICK, -1, None, None
-            if kind == _FINAL:
-                batch.finals[idx] = payload
-            elif kind == _SUBMITTED:
-                batch.submitted[idx] = payload
-            elif kind == _GENERIC:
-                batch.generic.setdefault(idx, {}).update(payload)
+            if kind == _GATHERED:
+                for item in payload:
+                    batch.add(*item)
+            else:
+                batch.add(kind, idx, payload)
             if callback is not None:
                 batch.callbacks.append(callback)
             if deadline is None:
                 deadline = time.monotonic() + self._interval
-            if callback is not None or kind == _STOP or time.monotonic() >= deadline:
+            urgent = callback is not None or kind in (_STOP, _GATHERED)
+            if urgent or time.monotonic() >= deadline:
                 self._commit(batch)
                 batch, deadline = _Batch(), None
             if kind == _STOP:

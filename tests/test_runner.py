@@ -1058,6 +1058,7 @@ async def run_on_store(
             raise AssertionError(f"the engine did not return within {RUN_GUARD_S}s")
         await task
     finally:
+        writer.handoff()
         await asyncio.to_thread(writer.flush, RUN_GUARD_S)
         writer.close()
     return h

@@ -11,7 +11,7 @@ CODE := batchrun tests $(wildcard benchmarks/*.py)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -59,7 +59,7 @@ BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | cksum | cut
 NGINX_PKG := DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,bench]'
 	@rm -f $(VENV)/.bench-installed-*
 	@touch $(BENCH_STAMP)
 

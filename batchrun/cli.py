@@ -175,6 +175,21 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Top-level fields of the answer's JSON, each as a typed column of its own.",
         ),
         click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            help="Run here, or on a Ray cluster (batchrun[ray] extra). [default: local]",
+        ),
+        click.option(
+            "--ray-address",
+            metavar="ADDR|local",
+            help="Ray cluster to use (HOST:PORT), or local for a private one. [default: local]",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            help="Ray workers, each with its share of the limits. [default: 2]",
+        ),
+        click.option(
             "--max-failures",
             metavar="N|N%",
             help="Stop (resumable, exit 1) once N rows, or N% of the rows finished, failed.",

@@ -79,6 +79,9 @@ class RunConfig:
     progress: bool | None = None
     grace: float = 30.0
     max_failures: str | None = None  # "N" rows, or "N%" of rows finished this run
+    engine: str = "local"  # or "ray"
+    ray_address: str | None = None  # "local" (a private one-machine cluster) or HOST:PORT
+    workers: int = 2  # Ray workers (actors), each with its share of the limits
     output_format: str = "parquet"  # or "openai-jsonl", or "both"
     pricing: Mapping[str, float] | None = None  # USD per million prompt/completion tokens
     max_cost: float | None = None  # USD; the job stops before spending past it
@@ -227,6 +230,12 @@ def _field_list(key: str, value: Any) -> tuple[str, ...]:
     if not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{key} must be field names, got {value!r}")
     return tuple(value)
+
+
+def _engine(key: str, value: Any) -> str:
+    if value not in ("local", "ray"):
+        raise ConfigError(f"{key} must be local or ray, got {value!r}")
+    return str(value)
 
 
 def _output_format(key: str, value: Any) -> str:
@@ -460,6 +469,9 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "progress": _optional_bool,
     "grace": _non_negative_float,
     "max_failures": _failure_budget,
+    "engine": _engine,
+    "ray_address": _optional_string,
+    "workers": _positive_int,
     "output_format": _output_format,
     "parse_json": _bool,
     "reuse": _optional_string,

@@ -39,7 +39,7 @@ from .media import MediaResolver
 from .payloads import RequestKeys, dump_extra, prepare_row
 from .records import DONE, FAILED, INVALID, PENDING
 from .results import ColumnKinds, read_reusable, write_outputs
-from .runner import Engine, RunStats, run_engine
+from .runner import Engine, RunStats, StopSignal, run_engine
 from .store import AssetCache, CheckpointWriter, Store, remove_checkpoint
 from .templates import PromptTemplate
 from .transport import AiohttpTransport, Transport
@@ -394,6 +394,24 @@ def new_limiter(cfg: RunConfig) -> RateLimiter:
 
 
 async def _run_engine(cfg: RunConfig, store: Store, stats: RunStats, parts: _Parts) -> None:
+    watching = asyncio.create_task(parts.watcher.watch(stats)) if parts.watcher else None
+    try:
+        if cfg.engine == "ray":
+            from .ray_engine import run_on_ray
+
+            stop = StopSignal()
+            _install_signal_handlers(stop, cfg.grace)
+            await run_on_ray(cfg, store, cfg.checkpoint_path, stats, stop)
+        else:
+            await _run_local(cfg, store, stats, parts)
+    finally:
+        if watching is not None:
+            watching.cancel()
+            with suppress(asyncio.CancelledError):
+                await watching
+
+
+async def _run_local(cfg: RunConfig, store: Store, stats: RunStats, parts: _Parts) -> None:
     transport = parts.transport or AiohttpTransport(
         api_key=parts.api_key,
         trusted_urls=[cfg.base_url, *_status_hosts(cfg)],
@@ -415,15 +433,8 @@ async def _run_engine(cfg: RunConfig, store: Store, stats: RunStats, parts: _Par
             budget=_budget(cfg, store),
             events=parts.events,
         )
-        _install_signal_handlers(engine)
-        watching = asyncio.create_task(parts.watcher.watch(stats)) if parts.watcher else None
-        try:
-            await run_engine(engine, store)
-        finally:
-            if watching is not None:
-                watching.cancel()
-                with suppress(asyncio.CancelledError):
-                    await watching
+        _install_signal_handlers(engine.stop, cfg.grace)
+        await run_engine(engine, store)
     finally:
         await transport.close()
         writer.handoff()
@@ -453,12 +464,11 @@ def _status_hosts(cfg: RunConfig) -> list[str]:
     return [*StatusUrls(cfg).all_templates(), cfg.assets_url.format(**cfg.url_values())]
 
 
-def _install_signal_handlers(engine: Engine) -> None:
+def _install_signal_handlers(stop: StopSignal, grace: float) -> None:
     loop = asyncio.get_running_loop()
-    grace = engine.cfg.grace
 
     def on_signal(signame: str) -> None:
-        if engine.stopping:
+        if stop.is_set:
             _say(
                 f"{signame} again: exiting now. The checkpoint is consistent; run the same "
                 "command to resume."
@@ -468,7 +478,7 @@ def _install_signal_handlers(engine: Engine) -> None:
             f"{signame}: no new requests; waiting up to {grace:g}s for those in flight "
             "(press Ctrl-C again to quit at once)"
         )
-        engine.request_stop(Interrupted(f"interrupted by {signame}"))
+        stop.request(Interrupted(f"interrupted by {signame}"))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError, RuntimeError):  # RuntimeError: not the main thread

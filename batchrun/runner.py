@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,7 +50,7 @@ from .errors import (
 )
 from .events import EventLog
 from .faults import crash_point
-from .limits import Capacity, RateLimiter, Reservation
+from .limits import Capacity, Reservation
 from .media import MediaResolver, has_local_media
 from .payloads import BodyBuilder
 from .records import (
@@ -74,6 +74,22 @@ FAILURE_SAMPLE = 20
 LONG_WAIT_S = 60.0
 POLL_RETRY_MAX_S = 2.0  # never back off long between polls: the id would expire
 DISPATCH_PAGE = 1000
+
+
+class Limiter(Protocol):
+    """Start slots under the job's rate limits (limits.RateLimiter, or a remote service)."""
+
+    async def acquire(
+        self, prompt_tokens: int = 0, *, sleep: Callable[[float], Awaitable[None]] | None = None
+    ) -> Reservation: ...
+
+    def settle(
+        self, reservation: Reservation, total: int | None, completion: int | None
+    ) -> None: ...
+
+    def on_rate_limited(self, retry_after: float | None) -> float: ...
+
+    def pause(self, seconds: float) -> None: ...
 
 
 class Sink(Protocol):
@@ -154,7 +170,7 @@ class Engine:
         self,
         cfg: RunConfig,
         client: EndpointClient,
-        limiter: RateLimiter,
+        limiter: Limiter,
         sink: Sink,
         stats: RunStats | None = None,
         *,

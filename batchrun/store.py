@@ -444,7 +444,7 @@ class AssetCache:
 Callback = Callable[[BaseException | None], None]
 
 
-_GENERIC, _SUBMITTED, _FINAL, _FLUSH, _STOP, _TICK, _GATHERED = range(7)
+GENERIC, SUBMITTED, FINAL, _FLUSH, _STOP, _TICK, _GATHERED = range(7)  # update kinds
 _SUBMITTED_SQL = "UPDATE items SET state=?, attempts=?, first_submit_at=? WHERE idx=?"
 _FINAL_SQL = f"UPDATE items SET {', '.join(f'{c}=?' for c in FINAL_COLUMNS)} WHERE idx=?"
 
@@ -469,11 +469,11 @@ class _Batch:
         return bool(self.generic or self.submitted or self.finals)
 
     def add(self, kind: int, idx: int, payload: Any) -> None:
-        if kind == _FINAL:
+        if kind == FINAL:
             self.finals[idx] = payload
-        elif kind == _SUBMITTED:
+        elif kind == SUBMITTED:
             self.submitted[idx] = payload
-        elif kind == _GENERIC:
+        elif kind == GENERIC:
             self.generic.setdefault(idx, {}).update(payload)
 
     def write(self, conn: sqlite3.Connection) -> None:
@@ -549,17 +549,21 @@ class CheckpointWriter:
             gathered, self._gathered = self._gathered, []
             self._queue.put((_GATHERED, -1, gathered, None))
 
+    def apply(self, ops: list[tuple[int, int, Any]]) -> None:
+        """Queue updates gathered elsewhere, (kind, idx, payload) each, committed together."""
+        self._queue.put((_GATHERED, -1, ops, None))
+
     def update(self, idx: int, columns: dict[str, Any]) -> None:
         """Queue an update; durable within FLUSH_INTERVAL_S plus one commit."""
-        self._put(_GENERIC, idx, columns)
+        self._put(GENERIC, idx, columns)
 
     def submitted(self, idx: int, attempts: int, first_submit_at: float | None) -> None:
         """The row was sent (again): it is in flight, with this many submissions."""
-        self._put(_SUBMITTED, idx, (attempts, first_submit_at))
+        self._put(SUBMITTED, idx, (attempts, first_submit_at))
 
     def finished(self, idx: int, values: tuple[Any, ...]) -> None:
         """The row's final outcome, values in records.FINAL_COLUMNS order."""
-        self._put(_FINAL, idx, values)
+        self._put(FINAL, idx, values)
 
     async def update_now(self, idx: int, columns: dict[str, Any]) -> None:
         """Queue an update and return once it (and all before it) is committed."""
@@ -569,7 +573,7 @@ class CheckpointWriter:
         def resolve(exc: BaseException | None) -> None:
             loop.call_soon_threadsafe(_settle, done, exc)
 
-        self._put(_GENERIC, idx, columns, resolve)
+        self._put(GENERIC, idx, columns, resolve)
         await done
 
     def flush(self, timeout: float | None = None) -> None:

@@ -12,6 +12,7 @@ benchmark could not run; a missed target is a result, not an error (exit 0).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shlex
 import subprocess
@@ -23,11 +24,22 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.compare import latency, throughput  # noqa: E402
+from benchmarks.context import Context, log  # noqa: E402
 from benchmarks.measure import load_average, machine  # noqa: E402
+from benchmarks.protocol import pending, rate  # noqa: E402
 from benchmarks.report import Section, Verdict, render, write  # noqa: E402
-from benchmarks.suites import SUITES, Context, log  # noqa: E402
+from benchmarks.scale import memory, resume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+SUITES = {
+    "throughput": throughput,
+    "latency": latency,
+    "memory": memory,
+    "resume": resume,
+    "pending": pending,
+    "rate": rate,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +79,14 @@ def _source_state() -> str:
     return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else " (clean)")
 
 
+def _source_digest() -> str:
+    """A digest of batchrun/*.py: the code measured (an editable install runs the tree)."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "batchrun").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -77,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "batchrun source (commit)": _source_state(),
         "load average before (1/5/15 min)": load_average(),
     }
+    source = _source_digest()
     ctx = Context(workdir=args.workdir.resolve(), quick=args.quick)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     sections: list[Section] = []
@@ -100,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             write(ctx.workdir / "RESULTS-partial.md", _render(ctx, info, sections, args))
     finally:
         ctx.stop_fixed()
+    if _source_digest() != source:
+        ctx.warnings.append(
+            "batchrun/ changed while the benchmarks ran (someone edited it): different runs "
+            "may have measured different code"
+        )
+    info["batchrun/*.py digest"] = source
     info["load average after"] = load_average()
     info["total time"] = f"{time.time() - started:.0f} s"
     text = _render(ctx, info, sections, args)
@@ -116,9 +143,11 @@ def _render(ctx: Context, info: dict[str, str], sections: list[Section], args: o
         endpoint = "FALLBACK benchmarks/fallback_server.py (Python asyncio), not nginx"
         warnings.append(
             "nginx could not be used, so the fixed-response endpoint is the Python fallback "
-            f"server ({ctx.fallback_reason}). It is slower than nginx and shares the CPU "
-            "differently: the throughput figures are not comparable with nginx runs."
+            f"server ({ctx.fallback_reason}). It spends more CPU per request than nginx, CPU "
+            "the clients would otherwise have on this machine: throughput figures are not "
+            "comparable with nginx runs."
         )
+    warnings += ctx.warnings
     warnings += [f"output check failed: {failure}" for failure in ctx.failures]
     info = {**info, "fixed-response endpoint": endpoint}
     return render(info, warnings, sections, quick=getattr(args, "quick", False))

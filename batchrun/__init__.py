@@ -1,10 +1,24 @@
 """batchrun: run prompt datasets through OpenAI-compatible chat endpoints, resumably."""
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("batchrun")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
+from functools import cache
 
 __all__ = ["__version__"]
+
+
+@cache
+def _version() -> str:
+    # importlib.metadata costs ~25 ms to import: only pay it when the version is asked for.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchrun")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "0.0.0"
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        return _version()
+    raise AttributeError(name)

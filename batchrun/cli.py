@@ -16,7 +16,6 @@ from typing import Any
 
 import click
 
-from . import __version__
 from .config import build_config, load_toml, parse_param
 from .errors import EXIT_USAGE, BatchrunError, ConfigError
 
@@ -36,7 +35,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 @click.group(context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="batchrun")
+@click.version_option(package_name="batchrun", prog_name="batchrun")
 def main() -> None:
     """Run prompt datasets through OpenAI-compatible chat endpoints (NVIDIA's first),
     rate-limited and resumable."""

@@ -16,6 +16,7 @@ one fsync per batch, not per row.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import queue
 import re
@@ -445,8 +446,50 @@ Callback = Callable[[BaseException | None], None]
 
 
 GENERIC, SUBMITTED, FINAL, _FLUSH, _STOP, _TICK, _GATHERED = range(7)  # update kinds
-_SUBMITTED_SQL = "UPDATE items SET state=?, attempts=?, first_submit_at=? WHERE idx=?"
-_FINAL_SQL = f"UPDATE items SET {', '.join(f'{c}=?' for c in FINAL_COLUMNS)} WHERE idx=?"
+
+
+# UPDATE ... FROM (VALUES ...) needs SQLite 3.33.
+_MANY_ROWS_PER_STATEMENT = sqlite3.sqlite_version_info >= (3, 33, 0)
+# Rows per statement. Only these sizes are ever compiled, so sqlite3's statement cache holds a
+# few programs (one of any other size per batch would fill it with large ones: memory).
+_CHUNKS = (512, 64, 8, 1)
+
+
+def update_rows(
+    conn: sqlite3.Connection, names: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Set `names` (then idx last) of many rows, in a few statements, not one per row.
+
+    executemany runs one statement per row and Python's sqlite3 gives up the GIL around each
+    one; with the event loop busy on the other core, getting it back took longer than the
+    SQL itself, and at a few thousand rows a second the writer fell behind. A handful of
+    multi-row statements hand the GIL over a handful of times.
+    """
+    if not rows:
+        return
+    if not _MANY_ROWS_PER_STATEMENT:
+        sets = ", ".join(f"{n}=?" for n in names)
+        conn.executemany(f"UPDATE items SET {sets} WHERE idx=?", rows)
+        return
+    start = 0
+    for size in _CHUNKS:
+        sql = _values_update(tuple(names), size)
+        while len(rows) - start >= size:
+            chunk = rows[start : start + size]
+            conn.execute(sql, [value for row in chunk for value in row])
+            start += size
+
+
+@functools.lru_cache(maxsize=32)
+def _values_update(names: tuple[str, ...], rows: int) -> str:
+    width = len(names) + 1
+    columns = ", ".join(f"c{i}" for i in range(width))
+    sets = ", ".join(f"{n} = v.c{i}" for i, n in enumerate(names))
+    values = ", ".join(["(" + ",".join("?" * width) + ")"] * rows)
+    return (
+        f"WITH v({columns}) AS (VALUES {values}) "
+        f"UPDATE items SET {sets} FROM v WHERE items.idx = v.c{width - 1}"
+    )
 
 
 class _Batch:
@@ -486,8 +529,9 @@ class _Batch:
             groups.setdefault(names, []).append((*(columns[n] for n in names), idx))
         conn.execute("BEGIN")
         try:
-            conn.executemany(
-                _SUBMITTED_SQL,
+            update_rows(
+                conn,
+                ("state", "attempts", "first_submit_at"),
                 [(INFLIGHT, *v, idx) for idx, v in self.submitted.items() if idx not in finals],
             )
             for names, rows in groups.items():
@@ -497,7 +541,7 @@ class _Batch:
                     )
                 sets = ", ".join(f"{n}=?" for n in names)
                 conn.executemany(f"UPDATE items SET {sets} WHERE idx=?", rows)
-            conn.executemany(_FINAL_SQL, [(*v, idx) for idx, v in finals.items()])
+            update_rows(conn, FINAL_COLUMNS, [(*v, idx) for idx, v in finals.items()])
             crash_point("commit")
             conn.execute("COMMIT")
         except BaseException:
@@ -614,13 +658,22 @@ class CheckpointWriter:
                 kind, idx, payload, callback = get(timeout=timeout)
             except queue.Empty:
                 kind, idx, payload, callback = _TICK, -1, None, None
-            if kind == _GATHERED:
-                for item in payload:
-                    batch.add(*item)
-            else:
-                batch.add(kind, idx, payload)
-            if callback is not None:
-                batch.callbacks.append(callback)
+            while True:
+                if kind == _GATHERED:
+                    for item in payload:
+                        batch.add(*item)
+                else:
+                    batch.add(kind, idx, payload)
+                if callback is not None:
+                    batch.callbacks.append(callback)
+                if kind == _STOP:
+                    break
+                # Group commit: whatever queued up meanwhile goes into this same commit, so
+                # a slow disk (one fsync per commit) makes commits bigger, not later.
+                try:
+                    kind, idx, payload, callback = self._queue.get_nowait()
+                except queue.Empty:
+                    break
             if deadline is None:
                 deadline = time.monotonic() + self._interval
             urgent = callback is not None or kind in (_STOP, _GATHERED)

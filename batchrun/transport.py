@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import __version__
+import batchrun
+
 from .config import is_loopback
 from .errors import TransportError
 
-USER_AGENT = f"batchrun/{__version__}"
 MAX_SSE_LINE_BYTES = 8 * 1024 * 1024  # NVCF caps an event at 4 MB
 
 
@@ -146,7 +146,7 @@ class AiohttpTransport:
             connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers={"User-Agent": USER_AGENT},
+                headers={"User-Agent": f"batchrun/{batchrun.__version__}"},
                 # The read timeout per call is set per request; total=None here.
                 timeout=aiohttp.ClientTimeout(total=None),
             )

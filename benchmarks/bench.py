@@ -1,7 +1,7 @@
 """`make bench`: run the selected benchmarks and write the results document.
 
-    python -m benchmarks.bench [--quick] [--only throughput,latency,memory,resume,pending,rate]
-                               [--results PATH] [--workdir PATH]
+    python -m benchmarks.bench [--quick] [--results PATH] [--workdir PATH]
+        [--only throughput,latency,memory,resume,pending,rate,engines]
 
 Full sizes write benchmarks/RESULTS.md; --quick (small sizes, a smoke test of the suite
 itself) writes out/bench/RESULTS-quick.md unless --results says otherwise. Work files and
@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench.py`
 
 from benchmarks.compare import latency, throughput  # noqa: E402
 from benchmarks.context import Context, log  # noqa: E402
+from benchmarks.engines import engines  # noqa: E402
 from benchmarks.measure import load_average, machine  # noqa: E402
 from benchmarks.protocol import pending, rate  # noqa: E402
 from benchmarks.report import Section, Verdict, render, write  # noqa: E402
@@ -39,6 +40,7 @@ SUITES = {
     "resume": resume,
     "pending": pending,
     "rate": rate,
+    "engines": engines,
 }
 
 

@@ -25,6 +25,8 @@ FULL: dict[str, Any] = {
     "pending_latency": 30,
     "rate_rows": 1_800,
     "rate_rpm": 600,
+    "engine_rows": 5_000,
+    "engine_rounds": 2,
 }
 QUICK: dict[str, Any] = {
     "throughput_rows": 2_000,
@@ -38,6 +40,8 @@ QUICK: dict[str, Any] = {
     "pending_latency": 8,
     "rate_rows": 150,
     "rate_rpm": 600,
+    "engine_rows": 500,
+    "engine_rounds": 1,
 }
 CONCURRENCY = 64
 FAST_OPTIONS = ("--concurrency", "64", "--rpm", "0", "--max-pending", "256")

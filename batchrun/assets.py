@@ -13,22 +13,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .client import EndpointClient
     from .media import LocalFile
-    from .store import AssetCache
+
+
+class AssetIds(Protocol):
+    """Where uploaded asset ids are kept by file sha256 (store.AssetCache: the checkpoint)."""
+
+    async def get(self, sha256: str) -> tuple[str, float] | None: ...
+
+    async def put(self, sha256: str, asset_id: str, uploaded_at: float) -> None: ...
+
 
 # Assets live 24 h; stop reusing one an hour before, so it cannot vanish mid-request.
 ASSET_REUSE_S = 23 * 3600
+UPLOADS_AT_ONCE = 4  # large files: a few at a time, whatever the rows in flight
 
 
 class AssetUploader:
     def __init__(
         self,
         client: EndpointClient,
-        cache: AssetCache,
+        cache: AssetIds,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -36,6 +45,7 @@ class AssetUploader:
         self._cache = cache
         self._clock = clock
         self._uploading: dict[str, asyncio.Future[str]] = {}
+        self._slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
         self.uploads = 0
 
     async def asset_id(self, local: LocalFile, data: bytes) -> str:
@@ -63,8 +73,9 @@ class AssetUploader:
 
     async def _upload(self, local: LocalFile, data: bytes) -> str:
         description = f"batchrun {local.sha256[:16]}"
-        asset_id, upload_url = await self._client.create_asset(local.mime, description)
-        await self._client.upload_asset(upload_url, data, local.mime, description)
+        async with self._slots:
+            asset_id, upload_url = await self._client.create_asset(local.mime, description)
+            await self._client.upload_asset(upload_url, data, local.mime, description)
         self.uploads += 1
         await self._cache.put(local.sha256, asset_id, self._clock())
         return asset_id

@@ -41,10 +41,13 @@ class CostBudget:
         self.spent = spent
         self.booked = 0.0
 
-    def book(self, prompt_estimate: int, max_completion: int) -> float | None:
-        """Book a request's worst case; None when it would pass the cap."""
+    def book(
+        self, prompt_estimate: int, max_completion: int, *, force: bool = False
+    ) -> float | None:
+        """Book a request's worst case; None when it would pass the cap (unless `force`:
+        an answer already bought in an earlier run is counted, not refused)."""
         worst = self.pricing.cost(prompt_estimate, max_completion)
-        if self.spent + self.booked + worst > self.cap:
+        if not force and self.spent + self.booked + worst > self.cap:
             return None
         self.booked += worst
         return worst

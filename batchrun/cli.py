@@ -233,6 +233,13 @@ def run(
         result = run_job(cfg, watcher=ProgressBar() if show else None)
     except BatchrunError as exc:
         _fail(exc)
+    except KeyboardInterrupt:  # before the engine's own handlers (reading inputs) or after
+        click.echo(
+            "\nbatchrun: interrupted. The checkpoint is consistent: run the same command to "
+            "resume.",
+            err=True,
+        )
+        sys.exit(130)
     click.echo(format_summary(result), err=True)
     sys.exit(result.exit_code)
 

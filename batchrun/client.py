@@ -121,9 +121,6 @@ class StatusUrls:
     def url(self, request_id: str) -> str:
         return self.template.format(request_id=request_id, **self._values)
 
-    def all_templates(self) -> list[str]:
-        return [t.format(request_id="x", **self._values) for t in (self.template, self.fallback)]
-
     def switch_to_fallback(self, template_used: str) -> bool:
         """Switch (once). False when there is nothing left to switch to."""
         if self.switched or self.fallback == self.template:

@@ -93,6 +93,7 @@ class RunConfig:
     allow_insecure_http: bool = False
     # Tuning knobs, config-file only (documented in configs/local.toml).
     min_poll_interval: float = 1.0
+    max_poll_time: float = 3600.0  # give up on an id polled this long (NVCF keeps one 1 h)
     max_pause: float = 900.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
@@ -111,11 +112,22 @@ class RunConfig:
         parts = urlsplit(self.base_url)
         return {"base_url": self.base_url.rstrip("/"), "origin": f"{parts.scheme}://{parts.netloc}"}
 
+    def is_nvidia(self) -> bool:
+        return is_nvidia_host(urlsplit(self.base_url).hostname or "")
+
     def uses_assets(self) -> bool:
-        if self.asset_upload is not None:
-            return self.asset_upload
-        host = urlsplit(self.base_url).hostname or ""
-        return host == "nvidia.com" or host.endswith(".nvidia.com")
+        return self.is_nvidia() if self.asset_upload is None else self.asset_upload
+
+    def key_urls(self) -> list[str]:
+        """Every URL the key may be sent to: the endpoint, where its 202s are polled, and
+        the asset API. NVIDIA's fallback hosts only for a key meant for NVIDIA."""
+        values = self.url_values()
+        urls = [self.base_url, self.status_url.format(request_id="x", **values)]
+        if self.is_nvidia() or self.status_url_fallback != NVCF_STATUS_URL:
+            urls.append(self.status_url_fallback.format(request_id="x", **values))
+        if self.uses_assets():
+            urls.append(self.assets_url.format(**values))
+        return urls
 
     def body_template(self) -> dict[str, Any]:
         """The request body every row starts from (row fields are merged over it).
@@ -482,6 +494,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "extract": _field_list,
     "allow_insecure_http": _bool,
     "min_poll_interval": _non_negative_float,
+    "max_poll_time": _positive_float,
     "max_pause": _non_negative_float,
     "backoff_base": _non_negative_float,
     "backoff_max": _non_negative_float,
@@ -566,6 +579,15 @@ def _check_consistency(cfg: RunConfig) -> None:
         raise ConfigError("backoff_max must be >= backoff_base")
     if "model" in cfg.params:
         raise ConfigError("params.model: set the model with --model / model = ...")
+    if cfg.is_nvidia() and cfg.timeout <= cfg.hold_seconds:
+        raise ConfigError(
+            f"timeout ({cfg.timeout:g}s) must be longer than hold_seconds ({cfg.hold_seconds}s): "
+            "the server may hold a request that long before it answers 202"
+        )
+    if cfg.max_cost is not None and "max_tokens" not in cfg.body_template():
+        raise ConfigError("max_cost needs max_tokens: it bounds what each request may cost")
+    if cfg.engine == "ray" and cfg.max_cost is not None:
+        raise ConfigError("max_cost is not enforced across a Ray cluster yet: use --engine local")
     if cfg.max_cost is not None and not cfg.pricing:
         raise ConfigError("max_cost needs prices: add a [pricing] table (prompt, completion)")
 
@@ -584,6 +606,10 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 
 # ---------------------------------------------------------------- the key and its transport
+
+
+def is_nvidia_host(host: str) -> bool:
+    return host == "nvidia.com" or host.endswith(".nvidia.com")
 
 
 def is_loopback(url: str) -> bool:
@@ -606,7 +632,7 @@ def read_api_key(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> st
     key = env.get(cfg.api_key_env) or None
     host = urlsplit(cfg.base_url).hostname or ""
     if key is None:
-        if host == "nvidia.com" or host.endswith(".nvidia.com"):
+        if is_nvidia_host(host):
             raise AuthError(
                 f"no API key: set the environment variable {cfg.api_key_env} "
                 f"(or name another one with --api-key-env)"

@@ -73,7 +73,16 @@ def expand_inputs(paths: tuple[str, ...] | list[str]) -> list[InputFile]:
             raise ConfigError(f"{path}: input not found")
     if not files:
         raise ConfigError("no input files given")
-    return files
+    return _distinct_names(files)
+
+
+def _distinct_names(files: list[InputFile]) -> list[InputFile]:
+    """Files named alike (a/data.jsonl, b/data.jsonl) are named by their paths instead, so
+    their locations and derived ids stay apart."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.name] = counts.get(f.name, 0) + 1
+    return [InputFile(f.path, f.path.as_posix()) if counts[f.name] > 1 else f for f in files]
 
 
 def file_digest(path: Path) -> str:

@@ -130,3 +130,4 @@ class StatusError(EndpointError):
         self.retryable = retryable
         self.request_id = request_id
         self.body = body  # the answer's body as text (kept for the OpenAI batch output)
+        self.paused_everyone = False  # a 429 the rate limiter has already acted on

@@ -4,7 +4,9 @@ Events: `job_start`, `row_done`, `row_failed` (with cause), `retry`, `rate_limit
 pauses), `paused` (a long Retry-After), `job_stop` (why a job stopped itself) and `job_end`
 (totals). Each line has `ts` (Unix seconds) and `event`. Lines are appended, so the log of a
 resumed job continues the earlier one's. Nothing here sees request headers, so the key cannot
-reach the log. Writes are buffered and flushed at least every FLUSH_S.
+reach the log. Writes are buffered: flushed when an event comes FLUSH_S or more after the last
+flush, and at the end of the job (a kill -9 can cost the last second of events). A stop asked
+for by a signal shows in `job_end` (`stopped`), not as a `job_stop` event.
 """
 
 from __future__ import annotations

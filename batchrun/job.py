@@ -10,6 +10,7 @@ output file, written from the checkpoint whatever way the engine stopped.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 from .assets import AssetUploader
 from .budget import CostBudget, Pricing
-from .client import EndpointClient, StatusUrls
+from .client import EndpointClient
 from .config import RunConfig, fingerprint, identity_changes, read_api_key
 from .dataset import InputFile, expand_inputs, file_digest, read_rows
 from .errors import (
@@ -92,11 +93,7 @@ def ingest(
     """Validate every input row into the checkpoint (rows and ids; nothing is sent)."""
     kinds = ColumnKinds()
     batch: list[tuple[Any, ...]] = []
-    n = 0
-    for n, source in enumerate(read_rows(files)):  # noqa: B007 - n is used after the loop
-        if limit is not None and n >= limit:
-            n -= 1
-            break
+    for n, source in enumerate(itertools.islice(read_rows(files), limit)):
         row = prepare_row(source, template)
         kinds.observe(row.extra)
         batch.append(
@@ -275,12 +272,17 @@ def preflight(cfg: RunConfig) -> str | None:
     check_output_writable(Path(cfg.output))
     if cfg.reuse and not Path(cfg.reuse).is_file():
         raise ConfigError(f"--reuse {cfg.reuse}: no such checkpoint or output file")
+    if cfg.reuse and cfg.fresh and Path(cfg.reuse).resolve() == cfg.checkpoint_path.resolve():
+        raise ConfigError(
+            f"--reuse {cfg.reuse} is this job's own checkpoint, which --fresh would delete; "
+            "copy it elsewhere first and reuse the copy"
+        )
     return api_key
 
 
 def _prepare(cfg: RunConfig, store: Store, resumed: bool) -> RunStats:
     """Before sending: in-flight rows back to pending, --reuse answers, --offline failures."""
-    reset = store.prepare_resume(cfg.retry_failed)
+    reset = store.prepare_resume(cfg.retry_failed, offline=cfg.offline)
     if resumed:
         log.info("resuming %s (%d rows to send again)", cfg.checkpoint_path, reset)
     reused = reuse_answers(store, Path(cfg.reuse)) if cfg.reuse else 0
@@ -414,7 +416,7 @@ async def _run_engine(cfg: RunConfig, store: Store, stats: RunStats, parts: _Par
 async def _run_local(cfg: RunConfig, store: Store, stats: RunStats, parts: _Parts) -> None:
     transport = parts.transport or AiohttpTransport(
         api_key=parts.api_key,
-        trusted_urls=[cfg.base_url, *_status_hosts(cfg)],
+        trusted_urls=cfg.key_urls(),
         connections=cfg.concurrency + cfg.max_pending + 4,
         allow_insecure_http=cfg.allow_insecure_http,
     )
@@ -436,11 +438,13 @@ async def _run_local(cfg: RunConfig, store: Store, stats: RunStats, parts: _Part
         _install_signal_handlers(engine.stop, cfg.grace)
         await run_engine(engine, store)
     finally:
-        await transport.close()
-        writer.handoff()
-        await asyncio.to_thread(writer.flush)
-        writer.close()
-        assets.close()
+        try:
+            await transport.close()
+            writer.handoff()
+            await asyncio.to_thread(writer.flush)
+        finally:
+            writer.close()
+            assets.close()
 
 
 def _budget(cfg: RunConfig, store: Store) -> CostBudget | None:
@@ -459,16 +463,13 @@ def job_cost(cfg: RunConfig, totals: dict[str, int]) -> float | None:
     return pricing.cost(totals["bought_prompt_tokens"], totals["bought_completion_tokens"])
 
 
-def _status_hosts(cfg: RunConfig) -> list[str]:
-    """Every URL the key may go to besides the base URL: status and asset endpoints."""
-    return [*StatusUrls(cfg).all_templates(), cfg.assets_url.format(**cfg.url_values())]
-
-
 def _install_signal_handlers(stop: StopSignal, grace: float) -> None:
     loop = asyncio.get_running_loop()
+    seen: list[str] = []  # signals, not stops: the job may have stopped itself first
 
     def on_signal(signame: str) -> None:
-        if stop.is_set:
+        seen.append(signame)
+        if len(seen) > 1:
             _say(
                 f"{signame} again: exiting now. The checkpoint is consistent; run the same "
                 "command to resume."

@@ -25,23 +25,9 @@ REQUEST_KEYS = frozenset(
 )
 # Output columns a passthrough column must not shadow; such inputs get an `input_` prefix.
 OUTPUT_COLUMNS = frozenset(
-    {
-        "id",
-        "status",
-        "content",
-        "reasoning_content",
-        "tool_calls",
-        "finish_reason",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "model",
-        "request_id",
-        "attempts",
-        "latency_s",
-        "ttft_s",
-        "error",
-    }
+    """id status content reasoning_content tool_calls finish_reason prompt_tokens
+    completion_tokens total_tokens model request_id attempts latency_s ttft_s error reused
+    request_hash parsed parse_error""".split()  # noqa: SIM905 - a word list reads better
 )
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 CHAT_URL_SUFFIX = "/chat/completions"

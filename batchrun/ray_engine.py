@@ -35,13 +35,22 @@ from typing import Any
 
 import pyarrow as pa
 
+from .assets import AssetUploader
 from .client import EndpointClient
 from .config import RunConfig, build_config, is_loopback, read_api_key
 from .errors import AuthError, BatchrunError, ConfigError
-from .limits import RateWindow, Reservation
+from .limits import WINDOW_S, RateWindow, Reservation
 from .media import MediaResolver
 from .records import FETCHED, PENDING, POLLING, WorkItem
-from .runner import DISPATCH_PAGE, Engine, PageSource, RunStats, StopSignal, item_from_row
+from .runner import (
+    DISPATCH_PAGE,
+    Engine,
+    PageSource,
+    RunStats,
+    StopSignal,
+    failure_budget_spent,
+    item_from_row,
+)
 from .store import FINAL, GENERIC, SUBMITTED, CheckpointWriter
 
 log = logging.getLogger(__name__)
@@ -77,6 +86,10 @@ class RateService:
     def reserve(self, count: int, tokens: int) -> list[tuple[float, int]]:
         """`count` start slots of `tokens` each: (start time, booking id)."""
         now = self._now()
+        # Bookings never settled (a failed try, slots dropped after a 429) are forgotten
+        # once past the window: a correction could no longer change anything.
+        for booking in [b for b, r in self._entries.items() if r.at < now - 2 * WINDOW_S]:
+            del self._entries[booking]
         grants = []
         for _ in range(count):
             reservation = self._window.reserve(now, tokens)
@@ -207,7 +220,7 @@ class RemoteSink:
             self._timer = None
         if self._ops:
             ops, self._ops = self._ops, []
-            self._service.apply.remote(ops)  # calls from one caller run in order
+            self._service.apply.remote(ops)  # one caller, a one-at-a-time actor: in order
 
     def update(self, idx: int, columns: dict[str, Any]) -> None:
         self._add(GENERIC, idx, columns)
@@ -231,6 +244,19 @@ class RemoteSink:
         await self._service.apply_now.remote(ops)
 
 
+class MemoryAssetCache:
+    """The AssetCache interface kept in a worker's memory (the checkpoint is not at hand)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, tuple[str, float]] = {}
+
+    async def get(self, sha256: str) -> tuple[str, float] | None:
+        return self._ids.get(sha256)
+
+    async def put(self, sha256: str, asset_id: str, uploaded_at: float) -> None:
+        self._ids[sha256] = (asset_id, uploaded_at)
+
+
 class ChatWorker:
     """One Ray worker: batchrun's Engine on its own loop, fed Arrow record batches."""
 
@@ -252,21 +278,24 @@ class ChatWorker:
         cfg = build_config(None, {**self._settings, **self._share})
         self._transport = AiohttpTransport(
             api_key=read_api_key(cfg),  # from this worker's environment
-            trusted_urls=[cfg.base_url, *_trusted(cfg)],
+            trusted_urls=cfg.key_urls(),
             connections=cfg.concurrency + cfg.max_pending + 4,
             allow_insecure_http=cfg.allow_insecure_http,
         )
         expected = min(cfg.body_template().get("max_tokens") or 512, 512)
         self._limiter = RemoteLimiter(self._rate, cfg.rpm or None, cfg.tpm, expected)
         self._sink = RemoteSink(self._checkpoint)
+        client = EndpointClient(self._transport, cfg)
+        # Large images: each worker uploads a file once per run (ids are not shared).
+        uploader = AssetUploader(client, MemoryAssetCache()) if cfg.uses_assets() else None
         return Engine(
             cfg,
-            EndpointClient(self._transport, cfg),
+            client,
             self._limiter,
             self._sink,
             RunStats(),
             stop=StopSignal(),
-            media=MediaResolver(None),
+            media=MediaResolver(uploader),
         )
 
     async def process(self, batch: pa.RecordBatch) -> dict[str, Any]:
@@ -305,12 +334,6 @@ _COUNTERS = (
 )  # fmt: skip
 
 
-def _trusted(cfg: RunConfig) -> list[str]:
-    from .client import StatusUrls
-
-    return [*StatusUrls(cfg).all_templates(), cfg.assets_url.format(**cfg.url_values())]
-
-
 # ---------------------------------------------------------------- the driver
 
 
@@ -319,8 +342,9 @@ def worker_settings(cfg: RunConfig) -> dict[str, Any]:
     data = cfg.public_dict()
     defaults = RunConfig().public_dict()
     data["tools_file"] = None  # tools already loaded into `tools`
+    # The driver checks --max-failures over all workers; each would count only its own.
     driver_only = ("inputs", "output", "engine", "ray_address", "workers", "log_json", "reuse",
-                   "checkpoint")  # fmt: skip
+                   "checkpoint", "max_failures")  # fmt: skip
     return {
         k: v for k, v in data.items() if k not in driver_only and v is not None and v != defaults[k]
     }
@@ -372,7 +396,8 @@ async def run_on_ray(
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         rate = ray.remote(num_cpus=0)(RateService).remote(cfg.rpm or None, cfg.tpm)
         store = (
-            ray.remote(num_cpus=0, max_concurrency=8)(CheckpointService)
+            # One call at a time: a worker's updates are applied in the order it sent them.
+            ray.remote(num_cpus=0, max_concurrency=1)(CheckpointService)
             .options(scheduling_strategy=here)
             .remote(str(checkpoint))
         )
@@ -397,7 +422,9 @@ async def _feed(
     cfg: RunConfig, source: PageSource, workers: list[Any], stats: RunStats, stop: StopSignal
 ) -> None:
     """Send batches round-robin, at most two per worker in flight; gather their counters."""
-    size = max(1, min(2 * shares(cfg, len(workers))["concurrency"], DISPATCH_PAGE))
+    share = shares(cfg, len(workers))
+    # Rows in flight per worker stay under its share of --max-pending: two batches each.
+    size = max(1, min(2 * share["concurrency"], share["max_pending"] // 2, DISPATCH_PAGE))
     inflight: dict[Any, int] = {}  # task -> worker index
     load = [0] * len(workers)
     seen: list[dict[str, Any]] = [{} for _ in workers]  # each worker's latest counters
@@ -407,11 +434,13 @@ async def _feed(
         for task in done:
             worker = inflight.pop(task)
             load[worker] -= 1
-            _merge(stats, stop, task, seen, worker)
+            _merge(cfg, stats, stop, task, seen, worker)
 
     for states in ((POLLING, FETCHED), (PENDING,)):
         async for batch in _batches(source, states, size):
-            while min(load) >= 2 and not stop.is_set:
+            # Ids the server holds are all sent at once (NVCF drops one nobody polls);
+            # new rows wait for room: two batches in flight per worker.
+            while states == (PENDING,) and min(load) >= 2 and not stop.is_set:
                 await settle_one()
             if stop.is_set:
                 break
@@ -424,7 +453,7 @@ async def _feed(
         # In-flight work gets the grace period, as on the local engine; then it is abandoned.
         done, _ = await asyncio.wait(list(inflight), timeout=cfg.grace)
         for task in done:
-            _merge(stats, stop, task, seen, inflight.pop(task))
+            _merge(cfg, stats, stop, task, seen, inflight.pop(task))
         for task in inflight:
             task.cancel()
         return
@@ -433,6 +462,7 @@ async def _feed(
 
 
 def _merge(
+    cfg: RunConfig,
     stats: RunStats,
     stop: StopSignal,
     task: asyncio.Future[Any],
@@ -465,6 +495,9 @@ def _merge(
 
         kind = getattr(errors, report["stop_kind"] or "", BatchrunError)
         stop.request(kind(report["stop"]))
+    spent = failure_budget_spent(cfg, stats)
+    if spent is not None and stop.reason is None:
+        stop.request(spent)
 
 
 async def _batches(source: PageSource, states: tuple[str, ...], size: int) -> Any:

@@ -162,6 +162,11 @@ class StopSignal:
         with suppress(TimeoutError):
             await asyncio.wait_for(self.event.wait(), seconds)
 
+    async def nap(self, seconds: float) -> None:
+        """A sleep a stop does not cut short: the waits between polls of a paid id."""
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
 
 class Engine:
     """Runs WorkItems to their outcome. Create inside the running event loop."""
@@ -194,7 +199,6 @@ class Engine:
         self.events = events
         self._wall = wall_clock
         self._rng = rng or random.Random()
-        self._max_failed, self._max_failed_pct = failure_budget(cfg.max_failures)
 
     # ---- stopping
 
@@ -225,36 +229,54 @@ class Engine:
             except AuthError as exc:
                 self.request_stop(exc)  # no other task may start a request after this
                 raise
-            except RequestExpired as exc:
-                # The server forgot the id (expired or consumed): buy the answer again.
-                self._release_cost(item)
-                self.stats.rebuys += 1
-                log.info("row %s: %s; sending it again", item.row_id, exc)
-                self._forget_request(item)
-                tries += 1
-                if tries >= self.cfg.max_attempts:
-                    self._fail(item, exc)
-                    return
-                continue
             except EndpointError as exc:
-                self._release_cost(item)
-                request_id = item.request_id
-                self._forget_request_if_consumed(item, exc)
-                self.stats.causes[_cause(exc)] += 1
                 tries += 1
-                if not exc.retryable or tries >= self.cfg.max_attempts:
-                    self._fail(item, exc, request_id)
-                    return
-                self.stats.retries += 1
-                if not await self._wait_before_retry(item, exc, tries):
-                    return
-                continue
+                if await self._try_again(item, exc, tries):
+                    continue
+                return
+            except BatchrunError:
+                raise  # what stops the whole job (a checkpoint that cannot be written)
+            except Exception as exc:  # a bug, or a failure no error class foresaw
+                log.exception("row %s: unexpected error", item.row_id)
+                self._release_cost(item)
+                self._fail(item, EndpointError(f"internal error: {type(exc).__name__}: {exc}"))
+                return
             self._settle(item, reservation, outcome.completion)
             self._record(item, outcome)
             return
 
+    async def _try_again(self, item: WorkItem, exc: EndpointError, tries: int) -> bool:
+        """After a failed try: record what must be, and say whether to try once more."""
+        self._release_cost(item)
+        spent = tries >= self.cfg.max_attempts
+        if isinstance(exc, RequestExpired):
+            # The server forgot the id (expired or consumed): buy the answer again.
+            self.stats.rebuys += 1
+            log.info("row %s: %s; sending it again", item.row_id, exc)
+            self._forget_request(item)
+            if spent:
+                self._fail(item, exc)
+            return not spent
+        request_id = item.request_id
+        self._forget_request_if_consumed(item, exc)
+        self.stats.causes[_cause(exc)] += 1
+        if exc.retryable and spent and item.location:
+            # A paid answer waits at its link (24 h): leave the row `fetched` for a later
+            # run to download, rather than failed (and bought again).
+            return False
+        if not exc.retryable or spent:
+            self._fail(item, exc, request_id)
+            return False
+        self.stats.retries += 1
+        return await self._wait_before_retry(item, exc, tries)
+
     async def _exchange(self, item: WorkItem) -> tuple[Answer, Reservation | None]:
         """Get the row's final answer: a stored one, a submission, or polls of its id."""
+        if item.request_id or item.fetched or item.location:  # bought in an earlier run
+            if self.stopping:
+                raise _Stopped  # polls under way go on through a stop; none start after it
+            if not item.cost_hold:
+                self._book_cost(item, force=True)  # it counts against the cap, whatever
         if item.fetched is not None:
             return Answer(200, item.request_id, body=item.fetched.encode()), None
         if item.location is not None:
@@ -295,36 +317,46 @@ class Engine:
             except StatusError as exc:
                 if exc.status == 429:
                     self._rate_limited(exc)
+                    exc.paused_everyone = True
                 raise
             finally:
                 self.stats.in_flight -= 1
         return answer, reservation
 
     async def _poll_until_final(self, item: WorkItem) -> Answer:
-        """Long-poll the row's id until a non-202 answer (PROTOCOL.md 2.4)."""
+        """Long-poll the row's id until a non-202 answer (PROTOCOL.md 2.4).
+
+        The answer behind an id is paid for, so polling goes on through a stop (until the
+        grace period ends) and through any number of transient errors, until the server
+        answers, says the id is gone (RequestExpired), or `max_poll_time` passes (NVCF keeps
+        an id an hour at most; a server answering 202 for ever must not hang the job).
+        """
         assert item.request_id is not None
         self.stats.pending_ids += 1
         try:
+            started = last_start = time.monotonic()
+            last_start -= self.cfg.min_poll_interval
             failures = 0
-            last_start = -1e9
             while True:
                 # The server holds each poll for `hold` s; if it answers at once anyway,
                 # poll at most once per min_poll_interval (NVCF docs: 1 s).
-                await self.sleep(self.cfg.min_poll_interval - (time.monotonic() - last_start))
-                if self.stopping:
-                    raise _Stopped
+                await self.stop.nap(self.cfg.min_poll_interval - (time.monotonic() - last_start))
+                if time.monotonic() - started > self.cfg.max_poll_time:
+                    raise RequestExpired(
+                        f"request {item.request_id}: no answer after "
+                        f"{self.cfg.max_poll_time:g}s of polling"
+                    )
                 last_start = time.monotonic()
                 self.stats.polls += 1
                 try:
                     answer = await self.client.poll(item.request_id)
                 except (TransportError, StatusError) as exc:
-                    if not _repoll(exc) or failures >= self.cfg.max_attempts:
+                    if not _repoll(exc):
                         raise
                     failures += 1
                     self.stats.causes[f"poll {_cause(exc)}"] += 1
-                    await self.sleep(
-                        min(POLL_RETRY_MAX_S, exc.retry_after or 2.0 ** (failures - 2))
-                    )
+                    backoff = 2.0 ** min(failures - 2, 1)
+                    await self.stop.nap(min(POLL_RETRY_MAX_S, exc.retry_after or backoff))
                     continue
                 if not answer.pending:
                     return answer
@@ -349,11 +381,7 @@ class Engine:
             # Consume-once (decision 3): on disk before anything else is done with it.
             item.fetched = body.decode("utf-8", "replace")
             await self.sink.update_now(item.idx, {"state": FETCHED, "response": item.fetched})
-        try:
-            completion = answer.completion or parse_completion(body)
-        except EndpointError:
-            self._forget_request(item)  # that answer is spent; the row is sent again
-            raise
+        completion = answer.completion or parse_completion(body)  # a bad one: retried
         raw = answer.raw if answer.completion is not None else body.decode("utf-8", "replace")
         return Outcome(
             DONE,
@@ -382,7 +410,7 @@ class Engine:
             if self.events is not None:
                 self.events.emit("paused", seconds=wait, cause=_cause(exc))
             wait = 0.0
-        if isinstance(exc, StatusError) and exc.status == 429:
+        if isinstance(exc, StatusError) and exc.paused_everyone:
             wait = 0.0  # the limiter already paused everyone (and slowed down)
         if wait is None:
             ceiling = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (tries - 1))
@@ -421,7 +449,7 @@ class Engine:
         Only a download that failed on the way keeps its Location (valid for 24 h) so
         the next try downloads again instead of buying the answer twice.
         """
-        if isinstance(exc, TransportError) and item.location is not None:
+        if exc.retryable and item.location is not None:
             return
         if item.request_id is not None or item.fetched is not None or item.location is not None:
             self._forget_request(item)
@@ -431,12 +459,12 @@ class Engine:
             return None
         return max(0.0, self._wall() - item.first_submit_at)
 
-    def _book_cost(self, item: WorkItem) -> None:
+    def _book_cost(self, item: WorkItem, *, force: bool = False) -> None:
         """Book this request's worst case against --max-cost, or stop the job."""
         if self.budget is None:
             return
         worst_completion = self.builder.max_tokens(item.overrides) or 0
-        booking = self.budget.book(item.est_tokens, worst_completion)
+        booking = self.budget.book(item.est_tokens, worst_completion, force=force)
         if booking is None:
             b = self.budget
             self.request_stop(
@@ -508,21 +536,9 @@ class Engine:
 
     def _check_failure_budget(self) -> None:
         """Stop an unattended job that is failing rows faster than the user allows."""
-        failed, finished = self.stats.failed, self.stats.finished
-        over = (self._max_failed is not None and failed >= self._max_failed) or (
-            self._max_failed_pct is not None
-            and finished >= FAILURE_SAMPLE
-            and 100.0 * failed / finished > self._max_failed_pct
-        )
-        if over and not self.stopping:
-            self.request_stop(
-                JobStopped(
-                    f"failure budget spent: {failed} of {finished} rows failed this run "
-                    f"(--max-failures {self.cfg.max_failures}). Rows not yet sent are kept; fix "
-                    "the cause and run the same command to resume (add --retry-failed to try "
-                    "the failed rows again)."
-                )
-            )
+        spent = failure_budget_spent(self.cfg, self.stats)
+        if spent is not None and not self.stopping:
+            self.request_stop(spent)
 
     def _fail(self, item: WorkItem, exc: BaseException, request_id: str | None = None) -> None:
         status = exc.status if isinstance(exc, StatusError) else None
@@ -540,6 +556,24 @@ class Engine:
                 raw=body,
             ),
         )
+
+
+def failure_budget_spent(cfg: RunConfig, stats: RunStats) -> JobStopped | None:
+    """The stop an over-spent --max-failures calls for (shared with the Ray driver)."""
+    max_failed, max_failed_pct = failure_budget(cfg.max_failures)
+    failed, finished = stats.failed, stats.finished
+    over = (max_failed is not None and failed >= max_failed) or (
+        max_failed_pct is not None
+        and finished >= FAILURE_SAMPLE
+        and 100.0 * failed / finished > max_failed_pct
+    )
+    if not over:
+        return None
+    return JobStopped(
+        f"failure budget spent: {failed} of {finished} rows failed this run "
+        f"(--max-failures {cfg.max_failures}). Rows not yet sent are kept; fix the cause and "
+        "run the same command to resume (add --retry-failed to try the failed rows again)."
+    )
 
 
 def _repoll(exc: EndpointError) -> bool:

@@ -219,10 +219,12 @@ class Store:
 
     # ---- resume
 
-    def prepare_resume(self, retry_failed: bool) -> int:
+    def prepare_resume(self, retry_failed: bool, offline: bool = False) -> int:
         """Rows left in flight by a crash go back to pending (at-least-once delivery).
 
-        With `retry_failed`, failed rows are pending again too. Returns rows reset.
+        With `retry_failed`, failed rows are pending again too; rows an --offline run
+        failed for want of a stored answer are, whenever this run is not offline.
+        Returns rows reset.
         """
         self._conn.execute("BEGIN")
         # An in-flight row has no live request id (a 202's id moves it to `polling`).
@@ -230,10 +232,11 @@ class Store:
         reset = self._conn.execute(
             f"UPDATE items SET state=?, {clear} WHERE state=?", (PENDING, INFLIGHT)
         ).rowcount
-        if retry_failed:
+        again = "state=?" if retry_failed else "state=? AND cause='offline'"
+        if retry_failed or not offline:
             reset += self._conn.execute(
                 f"UPDATE items SET state=?, {clear}, error=NULL, cause=NULL, status_code=NULL, "
-                "finished_at=NULL WHERE state=?",
+                f"finished_at=NULL WHERE {again}",
                 (PENDING, FAILED),
             ).rowcount
         self._conn.execute("COMMIT")

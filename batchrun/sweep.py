@@ -39,7 +39,7 @@ from typing import Any
 import pandas as pd
 
 from .config import CONFIG_KEYS, RunConfig, build_config, load_toml
-from .errors import AuthError, BatchrunError, ConfigError
+from .errors import AuthError, BatchrunError, ConfigError, Interrupted
 from .job import JobResult, new_limiter, run_job_async
 from .records import DONE, FAILED, INVALID
 
@@ -206,16 +206,22 @@ def _slug(text: str) -> str:
 # ---------------------------------------------------------------- running
 
 
-async def run_sweep(spec: SweepSpec, *, say: Any = print) -> list[CellReport]:
-    """Run every cell in turn under one shared rate limiter; report each."""
+async def run_sweep(
+    spec: SweepSpec, *, say: Any = print
+) -> tuple[list[CellReport], BatchrunError | None]:
+    """Run every cell in turn under one shared rate limiter; report each. A bad key or a
+    Ctrl-C ends the sweep early: (the cells that finished, why it ended)."""
     grid = cells(spec)
     limiter = new_limiter(grid[0].cfg) if grid else None
-    reports = []
+    reports: list[CellReport] = []
     for n, cell in enumerate(grid, 1):
-        report = await _run_cell(cell, spec, limiter)
+        try:
+            report = await _run_cell(cell, spec, limiter)
+        except (AuthError, Interrupted) as exc:
+            return reports, exc
         reports.append(report)
         say(f"cell {n}/{len(grid)} {cell.name}: {_one_line(report)}")
-    return reports
+    return reports, None
 
 
 async def _run_cell(cell: Cell, spec: SweepSpec, limiter: Any) -> CellReport:
@@ -230,6 +236,8 @@ async def _run_cell(cell: Cell, spec: SweepSpec, limiter: Any) -> CellReport:
         report.problem = str(exc)
         report.wall_s = time.monotonic() - started
         return report
+    if isinstance(result.stopped, AuthError | Interrupted):
+        raise result.stopped  # the same for every cell, or the user asked to stop
     _fill(report, result, spec)
     return report
 
@@ -372,8 +380,11 @@ def junit_xml(reports: list[CellReport]) -> ET.ElementTree:
 
 
 def sweep(spec: SweepSpec, junit: Path | None) -> tuple[list[CellReport], list[Path]]:
-    reports = asyncio.run(run_sweep(spec, say=_say))
-    return reports, write_summaries(reports, spec.output_dir, junit)
+    reports, stopped = asyncio.run(run_sweep(spec, say=_say))
+    written = write_summaries(reports, spec.output_dir, junit)
+    if stopped is not None:
+        raise stopped  # summaries of the cells that finished are written; exit 3 or 130
+    return reports, written
 
 
 def _say(text: str) -> None:

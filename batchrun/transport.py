@@ -19,7 +19,7 @@ import aiohttp
 
 import batchrun
 
-from .config import is_loopback
+from .config import is_loopback, is_nvidia_host
 from .errors import TransportError
 
 MAX_SSE_LINE_BYTES = 8 * 1024 * 1024  # NVCF caps an event at 4 MB
@@ -130,9 +130,15 @@ class AiohttpTransport:
     ) -> None:
         self.__key = api_key  # name-mangled: keeps it out of casual attribute dumps
         self._trusted_hosts = {urlsplit(u).hostname for u in trusted_urls if urlsplit(u).hostname}
+        # Any NVIDIA host (a 302 result on one, say: PROTOCOL.md decision 5), but only for a
+        # key meant for NVIDIA: the first trusted URL is the endpoint's own.
+        self._nvidia_key = bool(trusted_urls) and is_nvidia_host(
+            urlsplit(trusted_urls[0]).hostname or ""
+        )
         self._connections = connections
         self._allow_insecure_http = allow_insecure_http
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self._auth_by_origin: dict[str, dict[str, str]] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
@@ -142,6 +148,8 @@ class AiohttpTransport:
         )
 
     def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise TransportError("the HTTP session is closed (the job is ending)")
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0)
             self._session = aiohttp.ClientSession(
@@ -166,7 +174,7 @@ class AiohttpTransport:
             return {}
         parts = urlsplit(url)
         host = parts.hostname or ""
-        if host not in self._trusted_hosts and not host.endswith(".nvidia.com"):
+        if host not in self._trusted_hosts and not (self._nvidia_key and is_nvidia_host(host)):
             return {}
         if parts.scheme != "https" and not (is_loopback(url) or self._allow_insecure_http):
             return {}
@@ -196,6 +204,7 @@ class AiohttpTransport:
         return _Exchange(context, method, url, time_limit)
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -218,4 +227,6 @@ def _describe(exc: aiohttp.ClientError) -> str:
         return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"bad HTTP answer ({exc.status} {exc.message})"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return type(exc).__name__  # its text is the URL, query string (credentials) and all
     return f"{type(exc).__name__}: {exc}"

@@ -15,7 +15,7 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-from batchrun.client import POLL_READ_MARGIN, Answer, EndpointClient, StatusUrls
+from batchrun.client import POLL_READ_MARGIN, Answer, EndpointClient
 from batchrun.config import RunConfig, build_config
 from batchrun.errors import (
     AuthError,
@@ -91,7 +91,7 @@ def run(
     async def main() -> T:
         transport = AiohttpTransport(
             api_key=KEY,
-            trusted_urls=[cfg.base_url, *StatusUrls(cfg).all_templates()],
+            trusted_urls=cfg.key_urls(),
             connections=4,
         )
         client = EndpointClient(transport, cfg)
@@ -203,7 +203,7 @@ def test_poll_headers_and_read_timeout() -> None:
 
 
 def test_poll_read_timeout_capped_by_timeout() -> None:
-    cfg = make_config(timeout=20.0, hold_seconds=30)
+    cfg = make_config(timeout=20.0, hold_seconds=10)  # min(timeout, hold + 60)
 
     async def body(client: EndpointClient, m: aioresponses) -> list[Any]:
         m.get(STATUS, status=200, body=COMPLETION_BYTES)
@@ -864,3 +864,14 @@ def test_stream_requested_but_json_answer() -> None:
 
     answer = run(body)
     assert (answer.status, answer.body, answer.completion) == (200, COMPLETION_BYTES, None)
+
+
+def test_a_key_for_another_provider_never_goes_to_nvidia_hosts() -> None:
+    other = build_config(cli_values={"base_url": "https://api.together.example/v1"})
+    transport = AiohttpTransport(api_key=KEY, trusted_urls=other.key_urls(), connections=1)
+    assert transport._auth_headers("https://api.together.example/v1/chat/completions")
+    assert transport._auth_headers(FALLBACK) == {}
+    assert transport._auth_headers("https://results.nvidia.com/out.zip") == {}
+    nvidia = AiohttpTransport(api_key=KEY, trusted_urls=make_config().key_urls(), connections=1)
+    assert nvidia._auth_headers("https://results.nvidia.com/out.zip")  # decision 5
+    assert nvidia._auth_headers(S3_URL) == {}

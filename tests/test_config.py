@@ -79,12 +79,12 @@ def test_params_from_file_and_cli_are_merged_cli_winning() -> None:
 def test_toml_file_values_reach_the_config(tmp_path: Path) -> None:
     path = write_toml(
         tmp_path,
-        'model = "m/x"\nrpm = 5\ntimeout = 12\n[params]\ntemperature = 0.1\n',
+        'model = "m/x"\nrpm = 5\ntimeout = 42\n[params]\ntemperature = 0.1\n',
     )
     cfg = build_config(load_toml(path), {"rpm": 9}, source=str(path))
     assert cfg.model == "m/x"
     assert cfg.rpm == 9
-    assert cfg.timeout == 12.0
+    assert cfg.timeout == 42.0
     assert isinstance(cfg.timeout, float)
     assert cfg.params == {"temperature": 0.1}
 
@@ -179,6 +179,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("reuse", ""),
     ("offline", 1),
     ("log_json", ""),
+    ("max_poll_time", 0),
     ("engine", "spark"),
     ("workers", 0),
     ("ray_address", ""),
@@ -232,9 +233,9 @@ def test_bad_file_value_is_rejected_naming_file_and_key(key: str, value: Any) ->
     ("key", "value", "expected"),
     [
         ("hold_seconds", 1, 1),
-        ("hold_seconds", 3600, 3600),
+        ("hold_seconds", 29, 29),
         ("grace", 0, 0.0),
-        ("timeout", 0.5, 0.5),
+        ("timeout", 30.5, 30.5),
         ("limit", 3, 3),
         ("status_url", "{base_url}/poll/{request_id}", "{base_url}/poll/{request_id}"),
         ("status_url", "{origin}/s/{request_id}", "{origin}/s/{request_id}"),
@@ -476,7 +477,7 @@ def test_base_url_trailing_slash_does_not_change_fingerprint() -> None:
         {"tpm": 1000},
         {"concurrency": 1},
         {"max_attempts": 1},
-        {"timeout": 5},
+        {"timeout": 50},
         {"hold_seconds": 1},
         {"max_pending": 1},
         {"grace": 1},
@@ -649,3 +650,11 @@ def test_tools_and_tools_file_together_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps([TOOL]))
     with pytest.raises(ConfigError, match="not both"):
         build_config({"tools": [TOOL]}, {"tools_file": str(path)})
+
+
+def test_nvidia_requests_must_be_allowed_to_outlast_the_hold() -> None:
+    with pytest.raises(ConfigError, match="timeout .* must be longer than hold_seconds"):
+        build_config(cli_values={"hold_seconds": 3600})  # the default timeout is 600
+    assert build_config(cli_values={"hold_seconds": 3600, "timeout": 3700}).hold_seconds == 3600
+    local = {"base_url": "http://127.0.0.1:8000/v1", "timeout": 0.5}
+    assert build_config(cli_values=local).timeout == 0.5  # the hold means nothing there

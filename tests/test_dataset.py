@@ -584,3 +584,18 @@ def test_max_tokens_from_row_or_template() -> None:
     assert builder.max_tokens(None) == 100
     assert builder.max_tokens('{"max_tokens":5}') == 5
     assert builder.max_tokens('{"seed":1}') == 100
+
+
+def test_files_with_one_name_in_two_folders_get_distinct_ids(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "data.jsonl").write_text('{"prompt": "x"}\n')
+    files = expand_inputs([str(tmp_path / "a" / "data.jsonl"), str(tmp_path / "b" / "data.jsonl")])
+    ids = [prepare_row(r).row_id for r in read_rows(files)]
+    assert len(set(ids)) == 2 and all(i.endswith("data.jsonl:1") for i in ids)
+
+
+@pytest.mark.parametrize("name", ["reused", "request_hash", "parsed", "parse_error", "status"])
+def test_input_columns_named_like_output_columns_are_prefixed(name: str) -> None:
+    row = prepare_row(SourceRow("f:1", {"id": "a", "prompt": "p", name: 1}))
+    assert row.extra == {f"input_{name}": 1}

@@ -195,3 +195,16 @@ def test_second_ctrl_c_exits_at_once_and_the_checkpoint_is_consistent(
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert_rows_answered(read_output(out), inputs)
+
+
+def test_fresh_with_reuse_of_the_same_checkpoint_is_refused(
+    mock_server: MockServer, fast_config: Path, data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.parquet"
+    run_cli(*run_args(data, out, mock_server, fast_config), check=True)
+    checkpoint = Path(str(out) + ".checkpoint.sqlite")
+    result = run_cli(
+        *run_args(data, out, mock_server, fast_config, "--fresh", "--reuse", str(checkpoint))
+    )
+    assert result.returncode == 2 and "which --fresh would delete" in result.stderr
+    assert checkpoint.exists()

@@ -264,6 +264,20 @@ def test_offline_replay_sends_nothing(
     assert [r["status"] for r in rows] == ["ok"] * 6 + ["failed"]
     assert rows[-1]["error"] == "not in cache (--offline sends nothing)"
     assert [r["content"] for r in rows[:6]] == [r["content"] for r in read_output(out_a)]
+    # the next run that may send asks for what the offline one could not answer
+    run_cli(
+        "run",
+        str(more),
+        "-o",
+        str(out_b),
+        "-c",
+        str(fast_config),
+        "--base-url",
+        mock_server.base_url,
+        check=True,
+    )
+    assert mock_server.stats()["submissions"] == sent + 1
+    assert read_output(out_b)[-1]["content"] == "Answer to: never asked"
 
 
 def sweep_file(tmp_path: Path, temperatures: list[float]) -> Path:
@@ -325,3 +339,12 @@ def test_a_failing_cell_fails_the_sweep(mock_server: MockServer, tmp_path: Path)
     failures = ET.parse(junit).getroot().findall(".//failure")
     assert len(failures) == 2 and "failure rate 100.0%" in failures[0].get("message", "")
     assert "2 of 4 cells passed" in result.stderr
+
+
+def test_a_refused_key_ends_the_sweep_with_exit_3(mock_server: MockServer, tmp_path: Path) -> None:
+    mock_server.configure(api_key="nvapi-right")
+    path = sweep_file(tmp_path, [0.0, 0.6])
+    args = ["sweep", str(path), "--base-url", mock_server.base_url]
+    result = run_cli(*args, env={"NVIDIA_API_KEY": "nvapi-wrong"})
+    assert result.returncode == 3, result.stderr
+    assert mock_server.stats()["submissions"] <= 16  # the first cell's first requests, no more

@@ -263,6 +263,11 @@ class RecordingStop(StopSignal):
             self.sleeps.append(seconds)
         await super().sleep(seconds if self.cap is None else min(seconds, self.cap))
 
+    async def nap(self, seconds: float) -> None:
+        if seconds > 0:
+            self.sleeps.append(seconds)
+        await super().nap(seconds if self.cap is None else min(seconds, self.cap))
+
 
 @dataclass
 class Harness:
@@ -708,22 +713,39 @@ def test_stop_before_run_item_sends_nothing(item: WorkItem) -> None:
     assert (h.stats.submissions, h.stats.polls, h.stats.failed) == (0, 0, 0)
 
 
-def test_stop_while_polling_leaves_the_row_polling() -> None:
+def test_a_stop_keeps_polling_an_id_already_paid_for() -> None:
+    # The answer behind a 202 is bought: a stop ends new submissions, not the polls (the
+    # grace period bounds them in run_engine), so the answer is collected, not lost.
     async def main() -> Harness:
         def handler(call: Call) -> Reply:
-            if call.method == "GET" and len(h.transport.calls) == 3:
+            polls = sum(c.method == "GET" for c in h.transport.calls)
+            if call.method == "GET" and polls == 2:
                 h.stop.request(Interrupted("interrupted by SIGINT"))
-            return accepted("rid-s")
+            return ok("rid-s") if polls >= 4 else accepted("rid-s")
 
         h = make_engine(handler)
         await h.engine.run_item(new_item())
         return h
 
     h = asyncio.run(main())
-    assert h.transport.summary() == [("POST", CHAT)] + [("GET", status("rid-s"))] * 2
-    assert h.row["state"] == "polling"
-    assert h.row["request_id"] == "rid-s"
+    assert h.transport.summary() == [("POST", CHAT)] + [("GET", status("rid-s"))] * 4
+    assert_done(h.row, request_id="rid-s")
     assert h.stats.pending_ids == 0
+
+
+def test_an_id_whose_polls_keep_failing_is_kept_until_max_poll_time() -> None:
+    # A network blip must not make a paid id be dropped and the row bought again.
+    script = Script(accepted("rid-b"), *([TransportError("dropped")] * 12), ok("rid-b"))
+    h = run_one(script, max_attempts=2)
+    assert [c.method for c in h.transport.calls] == ["POST"] + ["GET"] * 13
+    assert_done(h.row, request_id="rid-b")
+    assert h.stats.rebuys == 0
+
+
+def test_an_id_answered_202_for_ever_gives_up_after_max_poll_time() -> None:
+    h = run_one(lambda call: accepted("rid-f"), max_poll_time=0.05, max_attempts=1)
+    assert h.row["state"] == "failed"
+    assert "no answer after 0.05s of polling" in h.row["error"]
 
 
 # ---------------------------------------------------------------- resumed rows, 302
@@ -812,6 +834,41 @@ def test_302_on_poll_with_a_dropped_download_downloads_again() -> None:
     ]
     assert_done(h.row, request_id="rp")
     assert h.row["attempts"] == 1
+
+
+@pytest.mark.parametrize("status_code", [500, 503, 429])
+def test_a_download_that_fails_with_a_retryable_status_keeps_its_link(status_code: int) -> None:
+    url = "https://nvcf-results.s3.amazonaws.com/rq.zip"
+    archive = zip_with("rq.response", completion_body())
+    h = run_one(
+        Script(
+            accepted("rq"),
+            (302, {"Location": url, "NVCF-REQID": "rq"}, b""),
+            (status_code, {}, b"SlowDown"),
+            (200, {}, archive),
+        )
+    )
+    assert [c.method for c in h.transport.calls] == ["POST", "GET", "GET", "GET"]
+    assert_done(h.row, request_id="rq")
+
+
+def test_a_link_still_failing_when_tries_run_out_leaves_the_row_fetched() -> None:
+    url = "https://nvcf-results.s3.amazonaws.com/rz.zip"
+    h = run_one(
+        Script(accepted("rz"), (302, {"Location": url}, b""), *([(503, {}, b"down")] * 2)),
+        max_attempts=2,
+    )
+    assert h.row["state"] == "fetched" and h.row["location"] == url  # not failed, not re-bought
+    assert [c.method for c in h.transport.calls] == ["POST", "GET", "GET", "GET"]
+
+
+def test_an_unexpected_error_fails_only_its_row() -> None:
+    def handler(call: Call) -> Reply:
+        raise RuntimeError("a bug somewhere")
+
+    h = run_one(handler)
+    assert h.row["state"] == "failed"
+    assert h.row["error"] == "internal error: RuntimeError: a bug somewhere"
 
 
 # ---------------------------------------------------------------- malformed answers, streams

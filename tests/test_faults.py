@@ -47,7 +47,7 @@ RETRIED_THEN_OK = [
     ("[mock:429x1=0.1]", []),
     ("[mock:429x1]", ["-c-retry-after-none"]),
     ("[mock:dropx2]", []),  # connection closed without an answer
-    ("[mock:slowx1=3]", ["--timeout", "2", "--hold-seconds", "1"]),  # slower than --timeout
+    ("[mock:slowx1=3]", ["--timeout", "2"]),  # slower than --timeout
     ("[mock:cutstreamx1]", ["--stream"]),  # an SSE stream cut off mid-answer
 ]
 

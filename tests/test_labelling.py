@@ -246,7 +246,7 @@ def test_offline_replay_sends_nothing(
     sent = mock_server.stats()["submissions"]
     more = write_jsonl(tmp_path / "more.jsonl", [*inputs, {"id": "x", "prompt": "never asked"}])
     out_b = tmp_path / "b.parquet"
-    # from the earlier output file (not its checkpoint), with no key and no endpoint needed
+    # from the earlier output file (not its checkpoint), with no key; the endpoint is never asked
     result = run_cli(
         "run",
         str(more),
@@ -254,6 +254,8 @@ def test_offline_replay_sends_nothing(
         str(out_b),
         "-c",
         str(fast_config),
+        "--base-url",
+        mock_server.base_url,
         "--offline",
         "--reuse",
         str(out_a),

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-import pyarrow.parquet as pq
-
 from . import codec
 from .errors import ConfigError
 
@@ -161,6 +159,8 @@ def _parse_json_line(loc: str, line: bytes) -> SourceRow:
 
 
 def _read_parquet(source: InputFile) -> Iterator[SourceRow]:
+    import pyarrow.parquet as pq  # here: a JSONL job need not pay its import at start-up
+
     try:
         parquet = pq.ParquetFile(source.path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet

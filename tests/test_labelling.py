@@ -246,20 +246,10 @@ def test_offline_replay_sends_nothing(
     sent = mock_server.stats()["submissions"]
     more = write_jsonl(tmp_path / "more.jsonl", [*inputs, {"id": "x", "prompt": "never asked"}])
     out_b = tmp_path / "b.parquet"
+    same_job = ("run", str(more), "-o", str(out_b), "-c", str(fast_config))
+    same_job += ("--base-url", mock_server.base_url)
     # from the earlier output file (not its checkpoint), with no key; the endpoint is never asked
-    result = run_cli(
-        "run",
-        str(more),
-        "-o",
-        str(out_b),
-        "-c",
-        str(fast_config),
-        "--base-url",
-        mock_server.base_url,
-        "--offline",
-        "--reuse",
-        str(out_a),
-    )
+    result = run_cli(*same_job, "--offline", "--reuse", str(out_a))
     assert result.returncode == 1
     assert mock_server.stats()["submissions"] == sent
     rows = read_output(out_b)
@@ -267,17 +257,7 @@ def test_offline_replay_sends_nothing(
     assert rows[-1]["error"] == "not in cache (--offline sends nothing)"
     assert [r["content"] for r in rows[:6]] == [r["content"] for r in read_output(out_a)]
     # the next run that may send asks for what the offline one could not answer
-    run_cli(
-        "run",
-        str(more),
-        "-o",
-        str(out_b),
-        "-c",
-        str(fast_config),
-        "--base-url",
-        mock_server.base_url,
-        check=True,
-    )
+    run_cli(*same_job, check=True)
     assert mock_server.stats()["submissions"] == sent + 1
     assert read_output(out_b)[-1]["content"] == "Answer to: never asked"
 

@@ -167,7 +167,8 @@ def write_output(
     store: Store,
     path: Path,
     *,
-    page_rows: int = 8192,
+    page_rows: int = 2048,
+    group_rows: int = 8192,
     parse_json: bool = False,
     extract: tuple[str, ...] = (),
 ) -> tuple[int, int]:
@@ -183,10 +184,18 @@ def write_output(
     written = 0
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            # Small pages from SQLite (their Python objects are the memory peak of the
+            # write), gathered as Arrow tables into row groups of `group_rows`.
+            group: list[pa.Table] = []
             for rows in store.iter_results(page=page_rows):
-                writer.write_table(_page_table(rows, schema, extra, derived))
+                group.append(_page_table(rows, schema, extra, derived))
                 written += len(rows)
-                crash_point("output")
+                if sum(len(t) for t in group) >= group_rows:
+                    writer.write_table(pa.concat_tables(group))
+                    group = []
+                    crash_point("output")
+            if group:
+                writer.write_table(pa.concat_tables(group))
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

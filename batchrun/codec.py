@@ -16,7 +16,6 @@ import orjson
 
 JSONDecodeError = orjson.JSONDecodeError  # a subclass of json.JSONDecodeError
 loads = orjson.loads  # bytes or str
-dumps_bytes = orjson.dumps  # compact JSON as UTF-8 bytes (NaN and Infinity become null)
 
 
 def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> str:

@@ -393,3 +393,21 @@ def test_failure_mid_stream_leaves_old_output_and_no_temp_file(
     leftovers = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
     assert leftovers == []
     assert [name for name in os.listdir(tmp_path) if "parquet" in name] == ["out.parquet"]
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        (["a", None, "", "é ✓ \n"], pa.string()),
+        ([0, None, -5, 2**63 - 1, -(2**63)], pa.int64()),
+        ([1, 7, None], pa.int32()),
+        ([0.1, None, 1e-310, 0.30000000000000004, 3.0, float("inf"), -0.0], pa.float64()),
+        ([True, False, None], pa.bool_()),
+        ([None, None], pa.float64()),
+        ([], pa.int64()),
+    ],
+)
+def test_columns_are_built_exactly_without_pa_array(values: list[Any], kind: pa.DataType) -> None:
+    column = results._arrow_column(values, kind)
+    assert column.type == kind
+    assert column.to_pylist() == values

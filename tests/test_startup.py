@@ -21,7 +21,7 @@ def test_a_job_starts_without_pyarrow_or_pandas() -> None:
 
 def test_writing_the_output_never_imports_pandas(tmp_path: Path) -> None:
     # pa.array() on Python lists would import pandas (0.3 s, ~55 MiB per run): results.py
-    # builds its row groups with Arrow's JSON reader instead.
+    # builds its columns with Arrow's StringBuilder and cast instead (_arrow_column).
     data = write_jsonl(tmp_path / "in.jsonl", prompts(5))
     out = tmp_path / "out.parquet"
     argv = ["batchrun", "run", str(data), "-o", str(out), "--offline"]

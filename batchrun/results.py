@@ -170,6 +170,14 @@ def _arrow_column(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any]:
     return builder.finish().cast(kind)
 
 
+def _write_group(writer: pq.ParquetWriter, group: list[pa.Table]) -> None:
+    """One row group of the gathered pages (none if there are none); empties `group`."""
+    if group:
+        writer.write_table(pa.concat_tables(group))
+        group.clear()
+        crash_point("output")  # the crash test kills here: a half-written temp file
+
+
 def write_output(
     store: Store,
     path: Path,
@@ -198,11 +206,8 @@ def write_output(
                 group.append(_page_table(rows, schema, extra, derived))
                 written += len(rows)
                 if sum(len(t) for t in group) >= group_rows:
-                    writer.write_table(pa.concat_tables(group))
-                    group = []
-                    crash_point("output")
-            if group:
-                writer.write_table(pa.concat_tables(group))
+                    _write_group(writer, group)
+            _write_group(writer, group)
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -63,11 +63,21 @@ class CrashReport:
     unreadable_outputs: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
     kills: Counter[str] = field(default_factory=Counter)
+    unreached: Counter[str] = field(default_factory=Counter)  # crash points a run never hit
+
+    @property
+    def dead_points(self) -> list[str]:
+        """Crash points aimed at but never reached: the code moved and the test went blind.
+
+        Every run writes its output, so `output` must fire whenever it is aimed at.
+        """
+        return sorted(k for k in ("output",) if self.unreached[k] and not self.kills[k])
 
     @property
     def ok(self) -> bool:
         return not (
-            self.lost_rows
+            self.dead_points
+            or self.lost_rows
             or self.duplicated_rows
             or self.wrong_rows
             or self.resubmitted_known_ids
@@ -89,6 +99,8 @@ class CrashReport:
                 f"  corrupt checkpoints: {self.corrupt_checkpoints}",
                 f"  unreadable output files: {self.unreadable_outputs}",
                 f"  unexpected exits: {len(self.unexpected_exits)}",
+                "  crash points aimed at but never reached: "
+                + (", ".join(f"{k} {n}" for k, n in sorted(self.unreached.items())) or "none"),
                 f"  re-buys, consume-once answers in transit at a kill: {self.in_transit_rebuys}",
                 f"  requests billed more than once (in transit, or killed before a 202 id): "
                 f"{self.bought_twice}",
@@ -216,6 +228,8 @@ def _one_job(
                 proc.send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=300)
         if proc.returncode == 0:
+            if env:  # a crash point was aimed at, and the run finished without reaching it
+                report.unreached[label] += 1
             break
         if proc.returncode != -signal.SIGKILL:
             report.unexpected_exits.append(f"exit {proc.returncode}: {stderr[-500:]}")

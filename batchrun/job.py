@@ -412,11 +412,14 @@ async def _run_engine(cfg: RunConfig, store: Store, stats: RunStats, parts: _Par
         else:
             await _run_local(cfg, store, stats, parts)
     finally:
-        await warming
         if watching is not None:
             watching.cancel()
             with suppress(asyncio.CancelledError):
                 await watching
+        # Only a speed-up: never let it hide how the run ended (a failed import of pyarrow
+        # shows when the output is written).
+        with suppress(Exception):
+            await warming
 
 
 async def _run_local(cfg: RunConfig, store: Store, stats: RunStats, parts: _Parts) -> None:

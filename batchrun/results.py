@@ -24,7 +24,7 @@ from pyarrow.lib import StringBuilder
 
 from . import codec
 from .columns import ColumnKinds
-from .errors import ConfigError
+from .errors import BatchrunError, ConfigError
 from .faults import crash_point
 from .parsing import extract_fields, parse_answer
 from .records import DONE, OUTPUT_STATUS
@@ -57,6 +57,8 @@ _SOURCES = [
 ]
 _CONTENT = _AT["content"]
 _REUSED_CELL = [f.name for f in BASE_FIELDS].index("reused")
+
+STRING_ARRAY_BYTES = 2**31 - 1  # Arrow's limit for one string array (int32 offsets)
 
 _KIND_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
@@ -151,7 +153,7 @@ def _page_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _arrow_column(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any]:
+def _arrow_column(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any] | pa.ChunkedArray[Any]:
     """Python values (None for null) as an Arrow array of `kind`: string, int, float or bool.
 
     Not pa.array(): on first use it imports pandas, only to ask whether the list is a
@@ -159,15 +161,29 @@ def _arrow_column(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any]:
     through Arrow's StringBuilder; numbers and booleans as text, parsed by Arrow's cast
     (exact: repr() of a float round-trips).
     """
-    builder = StringBuilder()
     if pa.types.is_string(kind):
-        builder.append_values(values)
-        return builder.finish()
+        chunks = _string_chunks(values)
+        return chunks[0] if len(chunks) == 1 else pa.chunked_array(chunks, type=kind)
     if pa.types.is_boolean(kind):
-        builder.append_values([None if v is None else "1" if v else "0" for v in values])
+        text = [None if v is None else "1" if v else "0" for v in values]
     else:
-        builder.append_values([None if v is None else repr(v) for v in values])
-    return builder.finish().cast(kind)
+        text = [None if v is None else repr(v) for v in values]
+    return _string_chunks(text)[0].cast(kind)
+
+
+def _string_chunks(values: Sequence[str | None]) -> list[pa.Array[Any]]:
+    """`values` as string arrays, split so that none holds STRING_ARRAY_BYTES or more
+    (an array's offsets are 32-bit; StringBuilder would drop what does not fit)."""
+    chars = sum(len(v) for v in values if v is not None)
+    if chars * 4 >= STRING_ARRAY_BYTES and len(values) > 1:  # 4: UTF-8's widest character
+        half = len(values) // 2
+        return _string_chunks(values[:half]) + _string_chunks(values[half:])
+    builder = StringBuilder()
+    builder.append_values(values)
+    array = builder.finish()
+    if len(array) != len(values):
+        raise BatchrunError(f"a value of {chars:,} characters is too large for one Parquet string")
+    return [array]
 
 
 def _write_group(writer: pq.ParquetWriter, group: list[pa.Table]) -> None:

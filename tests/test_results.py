@@ -411,3 +411,15 @@ def test_columns_are_built_exactly_without_pa_array(values: list[Any], kind: pa.
     column = results._arrow_column(values, kind)
     assert column.type == kind
     assert column.to_pylist() == values
+
+
+def test_strings_past_one_arrow_array_are_split_not_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Arrow's limit is 2 GiB a string array; StringBuilder silently drops what passes it.
+    monkeypatch.setattr(results, "STRING_ARRAY_BYTES", 100)
+    values = [f"value {i:02d} " * 2 for i in range(20)] + [None]
+    column = results._arrow_column(values, pa.string())
+    assert isinstance(column, pa.ChunkedArray)
+    assert column.num_chunks > 1
+    assert column.to_pylist() == values

@@ -11,6 +11,7 @@ type (bool, int, float, string; ints mixed with floats become float); anything e
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -211,7 +212,7 @@ def write_output(
         derived = Derived(store, extract, taken)
     schema = output_schema(extra + (derived.columns() if derived else []))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     written = 0
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -274,10 +275,30 @@ def _json_or_text(text: str | None) -> Any:
         return {"error": {"message": text}}
 
 
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before its rename; temp files a killed writer left beside
+    it (another pid's, that pid gone) are removed first."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def write_openai_jsonl(store: Store, path: Path) -> int:
     """Every finished row as an OpenAI Batch API output line, atomically. Returns lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     written = 0
     try:
         with tmp.open("w", encoding="utf-8") as fh:

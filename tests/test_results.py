@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -423,3 +424,25 @@ def test_strings_past_one_arrow_array_are_split_not_dropped(
     assert isinstance(column, pa.ChunkedArray)
     assert column.num_chunks > 1
     assert column.to_pylist() == values
+
+
+def test_temp_files_of_a_killed_writer_are_cleaned_up(store: Store, tmp_path: Path) -> None:
+    add_rows(store, [(0, "a", "done", None)])
+    path = tmp_path / "out.parquet"
+    gone = _a_dead_pid()
+    stale = tmp_path / f".out.parquet.{gone}.tmp"
+    stale.write_bytes(b"half a file")
+    live = tmp_path / f".out.parquet.{os.getppid()}.tmp"  # a live process's: kept
+    live.write_bytes(b"in progress")
+    other = tmp_path / ".other.parquet.1.tmp"
+    other.write_bytes(b"not ours")
+    write_output(store, path)
+    assert not stale.exists()
+    assert live.exists() and other.exists()
+    assert pq.read_table(path).num_rows == 1
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])  # noqa: S603, S607
+    proc.wait()
+    return proc.pid

@@ -61,6 +61,7 @@ class CrashReport:
     bought_twice: int = 0  # billed more than once in all (in-transit + killed before an id)
     corrupt_checkpoints: int = 0
     unreadable_outputs: int = 0
+    leftover_temp_files: int = 0  # half-written outputs of killed runs, still there at the end
     unexpected_exits: list[str] = field(default_factory=list)
     kills: Counter[str] = field(default_factory=Counter)
     unreached: Counter[str] = field(default_factory=Counter)  # crash points a run never hit
@@ -83,6 +84,7 @@ class CrashReport:
             or self.resubmitted_known_ids
             or self.corrupt_checkpoints
             or self.unreadable_outputs
+            or self.leftover_temp_files
             or self.unexpected_exits
         )
 
@@ -98,6 +100,7 @@ class CrashReport:
                 f"  known request ids submitted again: {self.resubmitted_known_ids}",
                 f"  corrupt checkpoints: {self.corrupt_checkpoints}",
                 f"  unreadable output files: {self.unreadable_outputs}",
+                f"  temp files left behind: {self.leftover_temp_files}",
                 f"  unexpected exits: {len(self.unexpected_exits)}",
                 "  crash points aimed at but never reached: "
                 + (", ".join(f"{k} {n}" for k, n in sorted(self.unreached.items())) or "none"),
@@ -252,6 +255,7 @@ def _one_job(
         if verbose:
             print(f"  job {job}: killed ({label}), {len(known)} known ids so far", flush=True)
     _verify_job(out, inputs, report)
+    report.leftover_temp_files += len(list(workdir.glob(f".{out.name}.*.tmp")))
     stats = server.stats()
     polled = set(stats["polled_ids"])
     for prompt, rid, submitted in known:
@@ -276,7 +280,7 @@ def main() -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    for stale in args.workdir.glob("job*"):
+    for stale in [*args.workdir.glob("job*"), *args.workdir.glob(".job*")]:
         stale.unlink()
     started = time.monotonic()
     report = run_harness(

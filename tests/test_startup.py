@@ -34,3 +34,15 @@ def test_writing_the_output_never_imports_pandas(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.exists(), result.stderr
     assert result.stdout.strip().splitlines()[-1] == "['numpy', 'pyarrow']"
+
+
+def test_tuned_gc_restores_the_collector_after_the_job() -> None:
+    import gc
+
+    from batchrun.job import tuned_gc
+
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    with tuned_gc():
+        assert gc.get_threshold()[0] == 50_000
+        assert gc.get_freeze_count() > 0
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before

@@ -41,6 +41,7 @@ def test_tuned_gc_restores_the_collector_after_the_job() -> None:
 
     from batchrun.job import tuned_gc
 
+    gc.unfreeze()  # earlier in-process CLI runs froze their heap at exit (cli.run)
     before = (gc.get_threshold(), gc.get_freeze_count())
     with tuned_gc():
         assert gc.get_threshold()[0] == 50_000

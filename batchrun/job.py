@@ -272,9 +272,10 @@ def tuned_gc() -> Iterator[None]:
 
     A run allocates a few objects per request and keeps almost none, and what exists when
     it starts (modules, config) lives to the end. Frozen, that never gets traversed again;
-    a gen-0 threshold of 50,000 (700 by default) makes collections rare. Measured against
-    nginx, 20,000 rows, 3 interleaved rounds: median wall time 3.71 s -> 3.19 s, peak RSS
-    unchanged (freeze alone 3.60 s, threshold alone 3.33 s).
+    a gen-0 threshold of 50,000 (700 by default) makes collections rare. Measured by hand
+    with the throughput benchmark's batchrun command (benchmarks/RESULTS.md) under
+    /usr/bin/time, 3 interleaved rounds with and without: median wall time 3.71 s -> 3.19 s,
+    peak RSS unchanged (freeze alone 3.60 s, threshold alone 3.33 s).
     """
     threshold, frozen_before = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
@@ -480,11 +481,9 @@ async def _run_local(cfg: RunConfig, store: Store, stats: RunStats, parts: _Part
 
 
 def _warm_up_output() -> None:
-    """Import pyarrow (about 0.13 s with numpy) while the job waits on the network, not
-    at start-up or at the end, when the user waits for it."""
-    from .results import warm_up
-
-    warm_up()
+    """Import the output writer and pyarrow with it (about 0.13 s with numpy) while the
+    job waits on the network, not at start-up or at the end, when the user waits for it."""
+    from . import results  # noqa: F401
 
 
 def _budget(cfg: RunConfig, store: Store) -> CostBudget | None:

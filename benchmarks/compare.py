@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .clients import (
     BATCHRUN,
@@ -197,6 +198,28 @@ def throughput(ctx: Context) -> Section:
     return section
 
 
+class _Medians(NamedTuple):
+    """One client's medians over its valid runs."""
+
+    cpu_us: float  # CPU per row, µs
+    busy: float  # CPU / wall
+    inner_s: float | None  # its own timing (after start-up)
+    fixed_s: float | None  # start-up and teardown: wall minus its own timing
+
+
+def _medians(samples: list[Sample], client: str, rows: int) -> _Medians | None:
+    good = [s for s in samples if s.client == client and s.error is None]
+    if not good:
+        return None
+    timed = [s for s in good if s.inner_s is not None]
+    return _Medians(
+        cpu_us=spread([s.run.cpu_s for s in good])[1] / rows * 1e6,
+        busy=spread([s.run.cpu_s / s.run.wall_s for s in good])[1],
+        inner_s=spread([s.inner_s or 0.0 for s in timed])[1] if timed else None,
+        fixed_s=spread([s.run.wall_s - (s.inner_s or 0.0) for s in timed])[1] if timed else None,
+    )
+
+
 def _where_time_goes(samples: list[Sample], rows: int) -> list[str]:
     """What limits each client: CPU per row and start-up (wall minus its own timing)."""
     base = {s.round: s.inner_s for s in samples if s.client == MINIMAL and s.error is None}
@@ -213,16 +236,13 @@ def _where_time_goes(samples: list[Sample], rows: int) -> list[str]:
             "not the target's measure, shown to split the gap into start-up and steady state"
         )
     for client in CLIENTS:
-        good = [s for s in samples if s.client == client and s.error is None]
-        inner = [s.run.wall_s - s.inner_s for s in good if s.inner_s is not None]
-        if not good:
+        m = _medians(samples, client, rows)
+        if m is None:
             continue
-        cpu_us = spread([s.run.cpu_s for s in good])[1] / rows * 1e6
-        busy = spread([s.run.cpu_s / s.run.wall_s for s in good])[1]
+        fixed = "—" if m.fixed_s is None else f"{m.fixed_s:.2f}"
         notes.append(
-            f"where the time goes, {client}: {cpu_us:,.0f} µs of CPU per row, CPU / wall {busy:.0%}"
-            f"; start-up and teardown outside its own timing "
-            f"{fmt_median(inner, 2)} s (median)"
+            f"where the time goes, {client}: {m.cpu_us:,.0f} µs of CPU per row, CPU / wall "
+            f"{m.busy:.0%}; start-up and teardown outside its own timing {fixed} s (median)"
         )
     return notes
 
@@ -231,32 +251,23 @@ def _what_limits(samples: list[Sample], rows: int, verdict: Verdict) -> list[str
     """For a missed target: what the measurements say limits batchrun, in one line."""
     if verdict.passed is not False:
         return []
-
-    def medians(client: str) -> tuple[float, float, float, float] | None:
-        good = [s for s in samples if s.client == client and s.error is None and s.inner_s]
-        if not good:
-            return None
-        cpu_us = spread([s.run.cpu_s for s in good])[1] / rows * 1e6
-        busy = spread([s.run.cpu_s / s.run.wall_s for s in good])[1]
-        inner = spread([s.inner_s or 0.0 for s in good])[1]
-        fixed = spread([s.run.wall_s - (s.inner_s or 0.0) for s in good])[1]
-        return cpu_us, busy, inner, fixed
-
-    mine, loop = medians(BATCHRUN), medians(MINIMAL)
-    if mine is None or loop is None:
-        return []
-    if mine[1] >= 0.9:
+    mine, loop = _medians(samples, BATCHRUN, rows), _medians(samples, MINIMAL, rows)
+    if mine is None or loop is None or mine.inner_s is None or loop.inner_s is None:
+        return []  # (fixed_s is set whenever inner_s is)
+    assert mine.fixed_s is not None and loop.fixed_s is not None
+    if mine.busy >= 0.9:
         return [
-            f"what limits it: CPU. batchrun is CPU-bound here (CPU / wall {mine[1]:.0%}), so "
-            f"its {mine[0]:,.0f} µs of CPU per row against the minimal loop's {loop[0]:,.0f} "
-            f"µs set the ratio ({loop[0] / mine[0]:.2f}); the gap is per-row work, not waiting"
+            f"what limits it: CPU. batchrun is CPU-bound here (CPU / wall {mine.busy:.0%}), "
+            f"so its {mine.cpu_us:,.0f} µs of CPU per row against the minimal loop's "
+            f"{loop.cpu_us:,.0f} µs set the ratio ({loop.cpu_us / mine.cpu_us:.2f}); the gap "
+            "is per-row work, not waiting"
         ]
     return [
-        f"what limits it: not CPU. batchrun is not CPU-bound (CPU / wall "
-        f"{mine[1]:.0%}); of its {mine[2] + mine[3]:.2f} s, {mine[3]:.2f} s is start-up and "
-        f"teardown outside its own timing (the loop's: {loop[3]:.2f} s), and its own timing "
-        f"({mine[2]:.2f} s vs the loop's {loop[2]:.2f} s) includes reading every row into the "
-        "checkpoint before the first request and writing the Parquet output"
+        f"what limits it: not CPU. batchrun is not CPU-bound (CPU / wall {mine.busy:.0%}); "
+        f"of its {mine.inner_s + mine.fixed_s:.2f} s, {mine.fixed_s:.2f} s is start-up and "
+        f"teardown outside its own timing (the loop's: {loop.fixed_s:.2f} s), and its own "
+        f"timing ({mine.inner_s:.2f} s vs the loop's {loop.inner_s:.2f} s) includes reading "
+        "every row into the checkpoint before the first request and writing the Parquet output"
     ]
 
 

@@ -221,7 +221,8 @@ def run(
 ) -> None:
     """Run or resume a job: every row of INPUTS (.jsonl, .jsonl.gz, .parquet, or folders of
     them) through the endpoint, results to OUTPUT. Run the same command again to resume."""
-    from .job import dry_run, run_job
+    from .intake import dry_run
+    from .job import run_job
     from .progress import ProgressBar, format_dry_run, format_summary
 
     _setup_logging(verbose)

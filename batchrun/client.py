@@ -2,8 +2,8 @@
 
 `EndpointClient` turns a request into an `Answer` (final, pending with a request id, or a
 302 download location) or raises the error the exchange amounts to. It does not retry,
-sleep or touch the checkpoint: the runner owns those decisions. Status codes are mapped to
-errors in one function, `classify_status`.
+sleep or touch the checkpoint: the engine carries out what retry.py decides. Status codes
+are mapped to errors in one function, `retry.classify_status`.
 
 NVCF specifics handled here:
 - `NVCF-POLL-SECONDS` on the submit and on every poll (decision 2); polls read with a
@@ -31,11 +31,12 @@ from .errors import (
     EndpointError,
     RequestExpired,
     ResponseFormatError,
-    StatusError,
+    ServerError,
     TransportError,
 )
 from .records import Completion
-from .responses import StreamAssembler, error_detail, is_problem_json, parse_retry_after
+from .responses import StreamAssembler, is_problem_json
+from .retry import classify_status
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -45,9 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 POLL_READ_MARGIN = 60.0
-MAX_ERROR_BODY = 64 * 1024  # an error body kept with its row
 
 
 @dataclass(slots=True)
@@ -64,24 +63,6 @@ class Answer:
     @property
     def pending(self) -> bool:
         return self.status == 202
-
-
-def classify_status(
-    status: int, headers: Mapping[str, str], body: bytes, key_env: str
-) -> AuthError | StatusError:
-    """The error a non-2xx answer amounts to, with the server's own words."""
-    detail = error_detail(body)
-    message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
-    if status in (401, 403):
-        return AuthError(f"{message} (check the API key in ${key_env})")
-    return StatusError(
-        status,
-        message,
-        retryable=status in RETRY_STATUSES,
-        retry_after=parse_retry_after(headers),
-        request_id=headers.get("nvcf-reqid"),
-        body=body[:MAX_ERROR_BODY].decode("utf-8", "replace"),
-    )
 
 
 def read_large_result(data: bytes, request_id: str | None) -> bytes:
@@ -231,7 +212,7 @@ class EndpointClient:
             if not 200 <= resp.status < 300:
                 error = classify_status(resp.status, resp.headers, answer, self._key_env)
                 if isinstance(error, AuthError):  # a presigned URL's 403 is not our key
-                    raise StatusError(resp.status, f"asset upload refused: {error}", retryable=True)
+                    raise ServerError(resp.status, f"asset upload refused: {error}")
                 raise error
 
     async def _answer(self, resp: Response, known_id: str | None = None) -> Answer:
@@ -267,10 +248,4 @@ class EndpointClient:
         )
 
 
-__all__ = [
-    "Answer",
-    "EndpointClient",
-    "EndpointError",
-    "classify_status",
-    "read_large_result",
-]
+__all__ = ["Answer", "EndpointClient", "EndpointError", "read_large_result"]

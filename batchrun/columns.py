@@ -1,4 +1,5 @@
-"""Passthrough columns: the type each one gets in the output, learned while rows are read.
+"""The output's columns: the fixed ones (the one list every part reads), and the passthrough
+columns, whose types are learned while rows are read.
 
 Pure Python (no pyarrow), so reading the inputs does not pay pyarrow's import.
 """
@@ -6,6 +7,20 @@ Pure Python (no pyarrow), so reading the inputs does not pay pyarrow's import.
 from __future__ import annotations
 
 from typing import Any
+
+# The fixed output columns, in order, with their kinds (results.py maps kinds to Arrow types;
+# SPEC.md "Output" says what each holds).
+BASE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "str"), ("status", "str"), ("content", "str"), ("reasoning_content", "str"),
+    ("tool_calls", "str"), ("finish_reason", "str"), ("prompt_tokens", "int"),
+    ("completion_tokens", "int"), ("total_tokens", "int"), ("model", "str"),
+    ("request_id", "str"), ("attempts", "int32"), ("latency_s", "float"), ("ttft_s", "float"),
+    ("error", "str"), ("reused", "bool"), ("request_hash", "str"),
+)  # fmt: skip
+# Columns --parse-json adds (and the --extract fields after them).
+PARSED_COLUMNS = ("parsed", "parse_error")
+# Names a passthrough column may not take (such an input column gets an `input_` prefix).
+RESERVED = frozenset(name for name, _ in BASE_COLUMNS) | frozenset(PARSED_COLUMNS)
 
 
 class ColumnKinds:
@@ -27,6 +42,11 @@ class ColumnKinds:
                 self._kinds[name] = kind
             elif seen != kind:
                 self._kinds[name] = "float" if {seen, kind} == {"int", "float"} else "json"
+
+    @property
+    def names(self) -> list[str]:
+        """Columns seen so far, in order of first appearance (new ones only append)."""
+        return list(self._kinds)
 
     def as_list(self) -> list[list[str]]:
         return [[name, "str" if kind == "null" else kind] for name, kind in self._kinds.items()]

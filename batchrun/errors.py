@@ -17,7 +17,13 @@ Row-level problems are *stored*, not raised: a row that the server rejects becom
         ├── ResponseFormatError       2xx body that is not a chat completion  -> retry
         ├── RequestExpired            a polled id is unknown (expired/consumed) -> resubmit
         ├── MediaError                a row's image vanished or changed            -> fail row
-        └── StatusError               non-2xx answer; `retryable` says what to do
+        └── StatusError               non-2xx answer (retry.classify_status picks the class)
+            ├── RateLimitError        429                        -> pause everyone, retry
+            ├── ServerError           408, 5xx                   -> retry
+            └── RequestRejected       any other 4xx              -> fail row
+
+What each error means for a row (retry, re-poll, resubmit, pause, stop, fail) is decided in
+one place, retry.decide.
 
 Messages never contain the API key: the key lives only in the transport's headers and
 no exception here is built from request headers.
@@ -120,14 +126,32 @@ class StatusError(EndpointError):
         status: int,
         message: str,
         *,
-        retryable: bool,
         retry_after: float | None = None,
         request_id: str | None = None,
         body: str | None = None,
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status = status
-        self.retryable = retryable
         self.request_id = request_id
         self.body = body  # the answer's body as text (kept for the OpenAI batch output)
-        self.paused_everyone = False  # a 429 the rate limiter has already acted on
+
+
+class RateLimitError(StatusError):
+    """429: the server's rate limit. Everyone pauses and the job slows down."""
+
+
+class ServerError(StatusError):
+    """408 or 5xx: the server failed this time; the same request may well work later."""
+
+
+class RequestRejected(StatusError):
+    """Any other 4xx: the server will refuse this request however often it is sent."""
+
+    retryable = False
+
+
+def cause_of(exc: BaseException) -> str:
+    """What kind of failure: "HTTP 422" for an answer, else the error's class name."""
+    if isinstance(exc, StatusError):
+        return f"HTTP {exc.status}"
+    return type(exc).__name__

@@ -25,6 +25,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 WINDOW_S = 60.0
 # Slack so that requests a server sees a few ms apart from our clock still fit its window.
@@ -33,6 +34,22 @@ RECOVERY_S = 60.0
 MIN_FACTOR = 0.05
 COOL_DOWN_BASE_S = 2.0
 COOL_DOWN_MAX_S = 60.0
+
+
+class Limiter(Protocol):
+    """Start slots under the job's rate limits: RateLimiter, or a Ray cluster's service."""
+
+    async def acquire(
+        self, prompt_tokens: int = 0, *, sleep: Callable[[float], Awaitable[None]] | None = None
+    ) -> Reservation: ...
+
+    def settle(
+        self, reservation: Reservation, total: int | None, completion: int | None
+    ) -> None: ...
+
+    def on_rate_limited(self, retry_after: float | None) -> float: ...
+
+    def pause(self, seconds: float) -> None: ...
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec
+from .columns import RESERVED
 from .dataset import SourceRow, jsonable
 from .media import MediaProblem, iter_media_parts, localize
 from .templates import PromptTemplate, TemplateProblem
@@ -22,12 +23,6 @@ from .templates import PromptTemplate, TemplateProblem
 # Input keys that describe the request; everything else is passed through to the output.
 REQUEST_KEYS = frozenset(
     {"id", "custom_id", "prompt", "system", "messages", "method", "url", "body"}
-)
-# Output columns a passthrough column must not shadow; such inputs get an `input_` prefix.
-OUTPUT_COLUMNS = frozenset(
-    """id status content reasoning_content tool_calls finish_reason prompt_tokens
-    completion_tokens total_tokens model request_id attempts latency_s ttft_s error reused
-    request_hash parsed parse_error""".split()  # noqa: SIM905 - a word list reads better
 )
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 CHAT_URL_SUFFIX = "/chat/completions"
@@ -44,6 +39,9 @@ class PreparedRow:
     extra: dict[str, Any] | None = None  # passthrough columns
     est_tokens: int = 0
     error: str | None = None
+    # The prompt template, filled from `extra` as stored (JSON), gives these messages back
+    # exactly: the checkpoint need not keep them.
+    templated: bool = False
 
 
 class RowProblem(ValueError):
@@ -74,7 +72,20 @@ def prepare_row(source: SourceRow, template: PromptTemplate | None = None) -> Pr
         overrides=(codec.dumps(overrides) if overrides else None),
         extra=extra,
         est_tokens=estimate_prompt_tokens(messages),
+        templated=_rebuilt_by(template, extra, messages),
     )
+
+
+def _rebuilt_by(
+    template: PromptTemplate | None, extra: dict[str, Any] | None, messages: list[Any]
+) -> bool:
+    """Whether the template, filled from the stored passthrough values, gives `messages`."""
+    if template is None or template.prompt is None or extra is None:
+        return False
+    try:
+        return template.prompt_messages(codec.loads(dump_extra(extra) or "{}")) == messages
+    except TemplateProblem:
+        return False
 
 
 def _row_id(data: dict[str, Any], loc: str) -> str:
@@ -94,7 +105,7 @@ def _row_id(data: dict[str, Any], loc: str) -> str:
 
 def _passthrough(data: dict[str, Any]) -> dict[str, Any] | None:
     extra = {
-        (f"input_{key}" if key in OUTPUT_COLUMNS else key): value
+        (f"input_{key}" if key in RESERVED else key): value
         for key, value in data.items()
         if key not in REQUEST_KEYS
     }
@@ -232,13 +243,13 @@ class RequestKeys:
             {k: v for k, v in template.items() if k not in TRANSPORT_FIELDS}
         )
 
-    def key(self, messages: str, overrides: str | None) -> str:
+    def key(self, messages: str, overrides: str | None) -> bytes:
         if overrides is not None:
             fields = {k: v for k, v in codec.loads(overrides).items() if k not in TRANSPORT_FIELDS}
             overrides = (
                 json.dumps(fields, ensure_ascii=False, separators=(",", ":")) if fields else None
             )
-        return hashlib.sha256(self._builder.build(messages, overrides)).hexdigest()
+        return hashlib.sha256(self._builder.build(messages, overrides)).digest()
 
 
 class BodyBuilder:

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
 
-from .records import DONE, FAILED, INVALID
+from .lifecycle import RowState
 
 if TYPE_CHECKING:
-    from .job import DryRunReport, JobResult
-    from .runner import RunStats
+    from .intake import DryRunReport
+    from .job import JobResult
+    from .monitor import RunStats
 
 REFRESH_S = 0.5
 
@@ -66,7 +67,8 @@ def resume_command(argv: list[str] | None = None) -> str:
 
 def format_summary(result: JobResult, argv: list[str] | None = None) -> str:
     counts = result.counts
-    ok, failed, invalid = counts.get(DONE, 0), counts.get(FAILED, 0), counts.get(INVALID, 0)
+    ok, failed = counts.get(RowState.DONE, 0), counts.get(RowState.FAILED, 0)
+    invalid = counts.get(RowState.INVALID, 0)
     total = sum(counts.values())
     unfinished = total - ok - failed - invalid
     stats, totals = result.stats, result.totals
@@ -77,8 +79,8 @@ def format_summary(result: JobResult, argv: list[str] | None = None) -> str:
         f"{stats.accepted} answered 202, {stats.retries} retries, "
         f"{stats.rate_limited} rate-limited, "
         f"{stats.rebuys} re-sent after their id expired",
-        f"  tokens (all runs): {totals['prompt_tokens']:,} prompt + "
-        f"{totals['completion_tokens']:,} completion = {totals['total_tokens']:,}"
+        f"  tokens (all runs): {totals.prompt_tokens:,} prompt + "
+        f"{totals.completion_tokens:,} completion = {totals.total_tokens:,}"
         + (f", cost ${result.cost:.4f}" if result.cost is not None else ""),
         f"  wall time {result.wall_s:.1f}s"
         + (f", {stats.finished / result.wall_s:.1f} rows/s" if result.wall_s > 0 else ""),
@@ -91,14 +93,14 @@ def format_summary(result: JobResult, argv: list[str] | None = None) -> str:
         lines.append(f"  {stats.no_usage} answers came without token usage (usage left empty)")
     if result.parse_errors:
         lines.append(f"  {result.parse_errors} answers did not parse as JSON (see parse_error)")
-    for cause, n in result.failure_causes:
-        lines.append(f"  failed x{n}: {cause}")
+    for cause in result.failure_causes:
+        lines.append(f"  failed x{cause.rows}: {cause.label}")
     lines.append("  output: " + ", ".join(str(p) for p in result.outputs))
     lines.append(f"  checkpoint: {result.checkpoint}")
     if result.stopped is not None:
         lines.append(f"stopped: {result.stopped}")
     if unfinished:
-        waiting = counts.get("polling", 0) + counts.get("fetched", 0)
+        waiting = counts.get(RowState.POLLING, 0) + counts.get(RowState.FETCHED, 0)
         if waiting:
             lines.append(
                 f"  {waiting} rows await their result at the server: resume within about a "

@@ -24,49 +24,27 @@ import pyarrow.parquet as pq
 from pyarrow.lib import StringBuilder
 
 from . import codec
-from .columns import ColumnKinds
+from .checkpoint import CheckpointReader, ResultPage, ReusedAnswer
+from .columns import BASE_COLUMNS, PARSED_COLUMNS, ColumnKinds
 from .errors import BatchrunError, ConfigError
 from .faults import crash_point
+from .lifecycle import OUTPUT_STATUS, RowState
 from .parsing import extract_fields, parse_answer
-from .records import DONE, OUTPUT_STATUS
-from .store import RESULT_COLUMNS, REUSE_COLUMNS, Store
-
-BASE_FIELDS: list[pa.Field[Any]] = [
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("content", pa.string()),
-    pa.field("reasoning_content", pa.string()),
-    pa.field("tool_calls", pa.string()),
-    pa.field("finish_reason", pa.string()),
-    pa.field("prompt_tokens", pa.int64()),
-    pa.field("completion_tokens", pa.int64()),
-    pa.field("total_tokens", pa.int64()),
-    pa.field("model", pa.string()),
-    pa.field("request_id", pa.string()),
-    pa.field("attempts", pa.int32(), nullable=False),
-    pa.field("latency_s", pa.float64()),
-    pa.field("ttft_s", pa.float64()),
-    pa.field("error", pa.string()),
-    pa.field("reused", pa.bool_(), nullable=False),  # answered from --reuse, not bought again
-    pa.field("request_hash", pa.string()),  # what --reuse matches on
-]
-_AT = {name: i for i, name in enumerate(RESULT_COLUMNS)}
-# Where each output column comes from in a Store.iter_results row.
-_SOURCES = [
-    _AT["row_id" if f.name == "id" else "state" if f.name == "status" else f.name]
-    for f in BASE_FIELDS
-]
-_CONTENT = _AT["content"]
-_REUSED_CELL = [f.name for f in BASE_FIELDS].index("reused")
 
 STRING_ARRAY_BYTES = 2**31 - 1  # Arrow's limit for one string array (int32 offsets)
 
 _KIND_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "int": pa.int64(),
+    "int32": pa.int32(),
     "float": pa.float64(),
     "str": pa.string(),
 }
+# Never null: every row has an id, a status, a count of attempts and a reused flag.
+_REQUIRED = frozenset({"id", "status", "attempts", "reused"})
+BASE_FIELDS: list[pa.Field[Any]] = [
+    pa.field(name, _KIND_TYPES[kind], nullable=name not in _REQUIRED) for name, kind in BASE_COLUMNS
+]
 
 
 def output_schema(extra_columns: list[list[str]]) -> pa.Schema:
@@ -74,6 +52,13 @@ def output_schema(extra_columns: list[list[str]]) -> pa.Schema:
     for name, kind in extra_columns:
         fields.append(pa.field(name, _KIND_TYPES.get(kind, pa.string())))
     return pa.schema(fields)
+
+
+def _base_columns(page: ResultPage) -> list[Sequence[Any]]:
+    """The fixed output columns of a page, in BASE_COLUMNS order."""
+    status = [OUTPUT_STATUS.get(state, "pending") for state in page.state]
+    special: dict[str, Sequence[Any]] = {"id": page.row_id, "status": status}
+    return [special[name] if name in special else getattr(page, name) for name, _ in BASE_COLUMNS]
 
 
 def _cell(value: Any, kind: str) -> Any:
@@ -92,18 +77,18 @@ class Derived:
     """Output columns computed from each row's answer: `parsed` / `parse_error` and the
     `--extract` fields (typed by a first pass over the answers, like passthrough columns)."""
 
-    def __init__(self, store: Store, extract: tuple[str, ...], taken: set[str]) -> None:
+    def __init__(
+        self, checkpoint: CheckpointReader, extract: tuple[str, ...], taken: set[str]
+    ) -> None:
         self.extract = extract
-        self.names = [
-            f"parsed_{f}" if f in taken or f in ("parsed", "parse_error") else f for f in extract
-        ]
+        self.names = [f"parsed_{f}" if f in taken or f in PARSED_COLUMNS else f for f in extract]
         self.parse_errors = 0
         kinds = ColumnKinds()
         if extract:
-            for rows in store.iter_results():
-                for row in rows:
-                    if row[_AT["state"]] == DONE:
-                        value, _ = parse_answer(row[_CONTENT])
+            for page in checkpoint.result_pages():
+                for state, content in zip(page.state, page.content, strict=True):
+                    if state is RowState.DONE:
+                        value, _ = parse_answer(content)
                         kinds.observe(extract_fields(value, list(extract)))
         learned = dict(kinds.as_list())
         self.kinds = [learned.get(f, "str") for f in extract]
@@ -113,8 +98,8 @@ class Derived:
             [name, kind] for name, kind in zip(self.names, self.kinds, strict=True)
         ]
 
-    def values(self, state: str, content: str | None) -> list[Any]:
-        if state != DONE:
+    def values(self, state: RowState, content: str | None) -> list[Any]:
+        if state is not RowState.DONE:
             return [None, None] + [None] * len(self.extract)
         value, error = parse_answer(content)
         if error is not None:
@@ -126,23 +111,19 @@ class Derived:
 
 
 def _page_table(
-    rows: list[tuple[Any, ...]],
+    page: ResultPage,
     schema: pa.Schema,
     extra: list[list[str]],
     derived: Derived | None,
 ) -> pa.Table:
-    """One page as an Arrow table: built column by column (a transpose in C, not a loop
-    per cell), each column by _arrow_column."""
-    by_source = list(zip(*rows, strict=True))
-    columns: list[Sequence[Any]] = [by_source[i] for i in _SOURCES]
-    columns[1] = [OUTPUT_STATUS.get(state, "pending") for state in columns[1]]
-    columns[_REUSED_CELL] = [bool(flag) for flag in columns[_REUSED_CELL]]
+    """One page as an Arrow table, built column by column, each by _arrow_column."""
+    columns = _base_columns(page)
     if extra:
-        values = [codec.loads(text) if text else {} for text in by_source[_AT["extra"]]]
-        for name, kind in extra:
-            columns.append([_cell(v.get(name), kind) for v in values])
+        rows = [codec.loads(text) if text else [] for text in page.extra]
+        for at, (_, kind) in enumerate(extra):
+            columns.append([_cell(r[at] if at < len(r) else None, kind) for r in rows])
     if derived is not None:
-        cells = map(derived.values, by_source[_AT["state"]], by_source[_CONTENT])
+        cells = map(derived.values, page.state, page.content)
         columns.extend(zip(*cells, strict=True))
     arrays = [_arrow_column(c, f.type) for c, f in zip(columns, schema, strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -191,7 +172,7 @@ def _write_group(writer: pq.ParquetWriter, group: list[pa.Table]) -> None:
 
 
 def write_output(
-    store: Store,
+    checkpoint: CheckpointReader,
     path: Path,
     *,
     page_rows: int = 2048,
@@ -200,11 +181,11 @@ def write_output(
     extract: tuple[str, ...] = (),
 ) -> tuple[int, int]:
     """Write every row of the checkpoint to `path` atomically. (rows, answers not parsed)."""
-    extra = store.get_json("extra_columns", [])
+    extra = checkpoint.extra_columns()
     derived = None
     if parse_json or extract:
         taken = {f.name for f in BASE_FIELDS} | {name for name, _ in extra}
-        derived = Derived(store, extract, taken)
+        derived = Derived(checkpoint, extract, taken)
     schema = output_schema(extra + (derived.columns() if derived else []))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
@@ -214,9 +195,9 @@ def write_output(
             # Small pages from SQLite (their Python objects are the memory peak of the
             # write), gathered as Arrow tables into row groups of `group_rows`.
             group: list[pa.Table] = []
-            for rows in store.iter_results(page=page_rows):
-                group.append(_page_table(rows, schema, extra, derived))
-                written += len(rows)
+            for page in checkpoint.result_pages(page=page_rows):
+                group.append(_page_table(page, schema, extra, derived))
+                written += len(page)
                 if sum(len(t) for t in group) >= group_rows:
                     _write_group(writer, group)
             _write_group(writer, group)
@@ -231,18 +212,16 @@ def write_output(
 # ---------------------------------------------------------------- OpenAI batch output
 
 
-def openai_line(row: tuple[Any, ...]) -> dict[str, Any] | None:
-    """One OpenAI Batch API output line for a finished row (None while unfinished).
+def openai_line(page: ResultPage, i: int) -> dict[str, Any] | None:
+    """One OpenAI Batch API output line for row `i` of a page (None while unfinished).
 
     HTTP answers go in `response` (status_code, request_id, body), as OpenAI and vLLM's
     run-batch write them; failures with no HTTP answer (timeouts, invalid rows) in `error`.
     """
-    row_id, state = row[_AT["row_id"]], row[_AT["state"]]
-    status = OUTPUT_STATUS.get(state)
+    row_id, status = page.row_id[i], OUTPUT_STATUS.get(page.state[i])
     if status is None:
         return None
-    request_id, error = row[_AT["request_id"]], row[_AT["error"]]
-    response, status_code = row[_AT["response"]], row[_AT["status_code"]]
+    status_code = page.status_code[i]
     line: dict[str, Any] = {
         "id": "batch_req_" + hashlib.sha256(row_id.encode()).hexdigest()[:24],
         "custom_id": row_id,
@@ -252,12 +231,12 @@ def openai_line(row: tuple[Any, ...]) -> dict[str, Any] | None:
     if status == "ok" or status_code is not None:
         line["response"] = {
             "status_code": 200 if status == "ok" else status_code,
-            "request_id": request_id,
-            "body": _json_or_text(response),
+            "request_id": page.request_id[i],
+            "body": _json_or_text(page.body[i]),
         }
     else:
         code = "invalid_request" if status == "invalid" else "request_failed"
-        line["error"] = {"code": code, "message": error}
+        line["error"] = {"code": code, "message": page.error[i]}
     return line
 
 
@@ -290,16 +269,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_openai_jsonl(store: Store, path: Path) -> int:
+def write_openai_jsonl(checkpoint: CheckpointReader, path: Path) -> int:
     """Every finished row as an OpenAI Batch API output line, atomically. Returns lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     written = 0
     try:
         with tmp.open("w", encoding="utf-8") as fh:
-            for rows in store.iter_results():
-                for row in rows:
-                    line = openai_line(row)
+            for page in checkpoint.result_pages():
+                for i in range(len(page)):
+                    line = openai_line(page, i)
                     if line is not None:
                         fh.write(json.dumps(line, ensure_ascii=False) + "\n")
                         written += 1
@@ -327,7 +306,7 @@ def output_paths(output: Path, output_format: str) -> dict[str, Path]:
 
 
 def write_outputs(
-    store: Store,
+    checkpoint: CheckpointReader,
     output: Path,
     output_format: str,
     *,
@@ -339,15 +318,21 @@ def write_outputs(
     parse_errors = 0
     if "parquet" in paths:
         _, parse_errors = write_output(
-            store, paths["parquet"], parse_json=parse_json, extract=extract
+            checkpoint, paths["parquet"], parse_json=parse_json, extract=extract
         )
     if "openai-jsonl" in paths:
-        write_openai_jsonl(store, paths["openai-jsonl"])
+        write_openai_jsonl(checkpoint, paths["openai-jsonl"])
     return list(paths.values()), parse_errors
 
 
-def read_reusable(path: Path, batch_rows: int = 8192) -> Iterator[list[tuple[Any, ...]]]:
-    """(request_hash, *REUSE_COLUMNS) of the ok rows of an earlier output file, in batches."""
+REUSE_COLUMNS = (
+    "content", "reasoning_content", "tool_calls", "finish_reason", "prompt_tokens",
+    "completion_tokens", "total_tokens", "model", "request_id", "latency_s", "ttft_s",
+)  # fmt: skip
+
+
+def read_reusable(path: Path, batch_rows: int = 8192) -> Iterator[list[ReusedAnswer]]:
+    """The ok rows of an earlier output file, as answers to reuse, in batches."""
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
@@ -359,9 +344,11 @@ def read_reusable(path: Path, batch_rows: int = 8192) -> Iterator[list[tuple[Any
     with parquet:
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
             data = batch.to_pydict()
-            rows = []
+            answers = []
             for i, status in enumerate(data["status"]):
                 if status == "ok" and data["request_hash"][i]:
-                    values = (data[c][i] if c in data else None for c in REUSE_COLUMNS)
-                    rows.append((data["request_hash"][i], *values))
-            yield rows
+                    values = {c: data[c][i] if c in data else None for c in REUSE_COLUMNS}
+                    answers.append(
+                        ReusedAnswer(request_hash=bytes.fromhex(data["request_hash"][i]), **values)
+                    )
+            yield answers

@@ -1,0 +1,341 @@
+"""Reads of a checkpoint, as typed rows and pages: what status, report, the output writer and
+the dispatcher see. Safe while a run writes (WAL).
+
+Everything that walks many rows goes through `keyset_pages` (by input position, a page at a
+time: memory stays flat). Counting and finding rows to send read only the partial index of
+rows not done (schema.OPEN), so they cost what is left to do, not what is finished.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from batchrun.lifecycle import UNFINISHED, RowState, WorkItem
+from batchrun.templates import PromptTemplate
+
+from .schema import OPEN, STATE_CODES, STATES, TOTAL_COLUMNS
+from .values import decode_extra, decode_request_id, hash_hex
+
+P = TypeVar("P")
+
+
+def keyset_pages(
+    fetch: Callable[[int, int], list[P]], key: Callable[[P], int], page: int
+) -> Iterator[list[P]]:
+    """Pages from `fetch(after, limit)` until one comes back empty; `key` of a page's last
+    row is where the next page starts (no OFFSET: each page costs the same)."""
+    after = -1
+    while rows := fetch(after, page):
+        yield rows
+        after = key(rows[-1])
+
+
+def _first(row: Sequence[Any]) -> int:
+    return int(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Sums over the whole job (every run): tokens, requests, rows."""
+
+    rows: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    attempts: int = 0  # HTTP submissions
+    reused: int = 0  # rows answered by --reuse
+    bought_prompt_tokens: int = 0  # ... of rows not reused: what was paid for
+    bought_completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FailureCause:
+    cause: str
+    rows: int
+    example: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.cause} (e.g. {self.example})"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingId:
+    row_id: str
+    request_id: str
+
+
+@dataclass(slots=True)
+class ResultPage:
+    """Output rows in input order, one list per column (what the output writer builds from)."""
+
+    idx: list[int]
+    row_id: list[str]
+    state: list[RowState]
+    content: list[str | None]
+    reasoning_content: list[str | None]
+    tool_calls: list[str | None]
+    finish_reason: list[str | None]
+    prompt_tokens: list[int | None]
+    completion_tokens: list[int | None]
+    total_tokens: list[int | None]
+    model: list[str | None]
+    request_id: list[str | None]
+    attempts: list[int]
+    latency_s: list[float | None]
+    ttft_s: list[float | None]
+    error: list[str | None]
+    reused: list[bool]
+    request_hash: list[str | None]
+    extra: list[str | None]  # passthrough values: a JSON array, meta extra_columns order
+    status_code: list[int | None]
+    body: list[str | None]  # a failure's error body, or a kept answer body
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+@dataclass(slots=True)
+class TimelinePage:
+    """Finished rows (done or failed), in input order: when and how each one ended."""
+
+    finished_at: list[float | None]
+    state: list[RowState]
+    cause: list[str | None]
+    reused: list[bool]
+    error: list[str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFigures:
+    """What a dry run reports."""
+
+    rows: int
+    invalid: int
+    prompt_tokens_est: int
+    completion_tokens_max: int
+    models: dict[str, int]
+    invalid_examples: list[str]
+
+
+_RESULT_SQL = (
+    "SELECT items.idx, items.row_id, items.state, r.content, r.reasoning_content, r.tool_calls, "
+    "r.finish_reason, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.model, "
+    "coalesce(r.request_id, l.request_id), coalesce(r.attempts, l.attempts, 0), r.latency_s, "
+    "r.ttft_s, coalesce(r.error, items.error), coalesce(r.reused, 0), items.request_hash, "
+    "items.extra, r.status_code, r.body "
+    "FROM items LEFT JOIN results AS r ON r.idx = items.idx "
+    "LEFT JOIN live AS l ON l.idx = items.idx "
+    "WHERE items.idx > ? ORDER BY items.idx LIMIT ?"
+)
+_WORK_SQL = (
+    "SELECT items.idx, items.row_id, items.state, items.messages, items.overrides, items.extra, "
+    "items.est_tokens, l.attempts, l.first_submit_at, l.request_id, l.answer, l.location "
+    "FROM items LEFT JOIN live AS l ON l.idx = items.idx "
+    f"WHERE {OPEN} AND items.state IN ({{states}}) AND items.idx > ? "
+    "ORDER BY items.idx LIMIT ?"
+)
+
+
+class CheckpointReader:
+    """The read side of a checkpoint, on a connection the caller opened."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._names: dict[int, str] = {}
+        self._extra_names: list[str] | None = None
+        self._template: PromptTemplate | None = None
+        self._template_read = False
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ---- meta
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_json(self, key: str, default: Any = None) -> Any:
+        import json
+
+        raw = self.get_meta(key)
+        return default if raw is None else json.loads(raw)
+
+    def extra_columns(self) -> list[list[str]]:
+        columns: list[list[str]] = self.get_json("extra_columns", [])
+        return columns
+
+    # ---- counts and sums
+
+    def row_count(self) -> int:
+        last = self._conn.execute("SELECT max(idx) FROM items").fetchone()[0]
+        return 0 if last is None else int(last) + 1
+
+    def counts(self) -> dict[RowState, int]:
+        """Rows per state. Reads only rows not done (the rest is the difference)."""
+        rows = self._conn.execute(
+            f"SELECT state, count(*) FROM items WHERE {OPEN} GROUP BY state"
+        ).fetchall()
+        counts = {STATES[code]: int(n) for code, n in rows}
+        done = self.row_count() - sum(counts.values())
+        return {**({RowState.DONE: done} if done else {}), **counts}
+
+    def todo(self) -> int:
+        """Rows still to finish (sent or not)."""
+        counts = self.counts()
+        return sum(counts.get(state, 0) for state in UNFINISHED)
+
+    def totals(self) -> Totals:
+        row = self._conn.execute(f"SELECT {', '.join(TOTAL_COLUMNS)} FROM totals").fetchone()
+        values = dict(zip(TOTAL_COLUMNS, row, strict=True)) if row else {}
+        return Totals(rows=self.row_count(), **{k: int(v) for k, v in values.items()})
+
+    def failure_causes(self, limit: int = 10) -> list[FailureCause]:
+        """Failed rows grouped by cause, most common first, with an example each."""
+        rows = self._conn.execute(
+            "SELECT r.cause, count(*), max(r.error) FROM items JOIN results AS r "
+            f"ON r.idx = items.idx WHERE {OPEN} AND items.state = ? "
+            "GROUP BY r.cause ORDER BY 2 DESC, 1 LIMIT ?",
+            (STATE_CODES[RowState.FAILED], limit),
+        ).fetchall()
+        causes = [FailureCause(self._name(c) or "unknown", int(n), e) for c, n, e in rows]
+        return sorted(causes, key=lambda c: (-c.rows, c.cause))
+
+    def pending_request_ids(self, limit: int = 20) -> list[PendingId]:
+        rows = self._conn.execute(
+            "SELECT items.row_id, l.request_id FROM items JOIN live AS l ON l.idx = items.idx "
+            f"WHERE {OPEN} AND items.state IN (?, ?) AND l.request_id IS NOT NULL "
+            "ORDER BY items.idx LIMIT ?",
+            (STATE_CODES[RowState.POLLING], STATE_CODES[RowState.FETCHED], limit),
+        ).fetchall()
+        return [PendingId(row_id, request_id) for row_id, request_id in rows]
+
+    # ---- pages
+
+    def work_items(self, after: int, limit: int, states: Sequence[RowState]) -> list[WorkItem]:
+        """Rows in `states` after input position `after`, as the engine takes them."""
+        sql = _WORK_SQL.format(states=", ".join(str(STATE_CODES[s]) for s in states))
+        rows = self._conn.execute(sql, (after, limit)).fetchall()
+        return [self._work_item(row) for row in rows]
+
+    def work_pages(self, states: Sequence[RowState], page: int) -> Iterator[list[WorkItem]]:
+        return keyset_pages(
+            lambda after, limit: self.work_items(after, limit, states), _item_idx, page
+        )
+
+    def result_pages(self, page: int = 4096) -> Iterator[ResultPage]:
+        """Every row's output values, in input order."""
+        fetch = self._conn.execute
+        for rows in keyset_pages(lambda a, n: fetch(_RESULT_SQL, (a, n)).fetchall(), _first, page):
+            yield self._result_page(rows)
+
+    def timeline(self, page: int = 50_000) -> Iterator[TimelinePage]:
+        """Finished rows, in input order (for `report`: answer times, causes)."""
+        sql = (
+            "SELECT r.idx, r.finished_at, items.state, r.cause, r.reused, r.error FROM results "
+            "AS r JOIN items ON items.idx = r.idx WHERE r.idx > ? ORDER BY r.idx LIMIT ?"
+        )
+        fetch = self._conn.execute
+        for rows in keyset_pages(lambda a, n: fetch(sql, (a, n)).fetchall(), _first, page):
+            _, finished, states, causes, reused, errors = zip(*rows, strict=True)
+            yield TimelinePage(
+                list(finished),
+                [STATES[c] for c in states],
+                [self._name(c) for c in causes],
+                [bool(r) for r in reused],
+                list(errors),
+            )
+
+    def request_figures(self, default_max_tokens: int, default_model: str) -> RequestFigures:
+        """Rows, invalid rows, token estimates and models, for a dry run's report."""
+        invalid = STATE_CODES[RowState.INVALID]
+        conn = self._conn
+        rows, invalid_rows, prompt = conn.execute(
+            "SELECT count(*), coalesce(sum(state=?),0), coalesce(sum(est_tokens),0) FROM items",
+            (invalid,),
+        ).fetchone()
+        completion_max = conn.execute(
+            "SELECT coalesce(sum(coalesce(json_extract(overrides,'$.max_tokens'), ?)),0) "
+            "FROM items WHERE state != ?",
+            (default_max_tokens, invalid),
+        ).fetchone()[0]
+        models = conn.execute(
+            "SELECT coalesce(json_extract(overrides,'$.model'), ?), count(*) FROM items "
+            "WHERE state != ? GROUP BY 1",
+            (default_model, invalid),
+        ).fetchall()
+        examples = conn.execute("SELECT error FROM items WHERE state=? LIMIT 5", (invalid,))
+        return RequestFigures(
+            rows=int(rows),
+            invalid=int(invalid_rows),
+            prompt_tokens_est=int(prompt),
+            completion_tokens_max=int(completion_max),
+            models={str(m): int(n) for m, n in models},
+            invalid_examples=[str(r[0]) for r in examples],
+        )
+
+    # ---- decoding
+
+    def _work_item(self, row: Sequence[Any]) -> WorkItem:
+        idx, row_id, state, messages, overrides, extra, est, attempts, first, rid, answer, loc = row
+        return WorkItem(
+            idx=idx,
+            row_id=row_id,
+            messages=messages if messages is not None else self._rebuild(extra),
+            overrides=overrides,
+            est_tokens=est,
+            state=STATES[state],
+            attempts=attempts or 0,
+            first_submit_at=first,
+            request_id=rid,
+            fetched=answer,
+            location=loc,
+        )
+
+    def _rebuild(self, extra: str | None) -> str:
+        """The messages of a row stored without them: the prompt template, filled again
+        from the row's passthrough values (ingest stored NULL only where that gives back
+        exactly what was read)."""
+        from batchrun import codec
+
+        if not self._template_read:
+            identity = self.get_json("identity", {})
+            self._template = PromptTemplate(
+                identity.get("prompt_template"), identity.get("system_prompt")
+            )
+            self._extra_names = [name for name, _ in self.extra_columns()]
+            self._template_read = True
+        assert self._template is not None and self._extra_names is not None
+        return codec.dumps(self._template.prompt_messages(decode_extra(extra, self._extra_names)))
+
+    def _result_page(self, rows: list[Any]) -> ResultPage:
+        """A page from _RESULT_SQL rows (its columns are ResultPage's fields, in order),
+        stored values decoded."""
+        columns: list[list[Any]] = [list(column) for column in zip(*rows, strict=True)]
+        page = ResultPage(*columns)
+        page.state = [STATES[code] for code in columns[2]]
+        page.finish_reason = [self._name(v) for v in page.finish_reason]
+        page.model = [self._name(v) for v in page.model]
+        page.request_id = [decode_request_id(v) for v in page.request_id]
+        page.reused = [bool(v) for v in page.reused]
+        page.request_hash = [hash_hex(v) for v in page.request_hash]
+        return page
+
+    def _name(self, name_id: Any) -> Any:
+        if name_id is None:
+            return None
+        name = self._names.get(name_id)
+        if name is None:
+            self._names = dict(self._conn.execute("SELECT id, name FROM names").fetchall())
+            name = self._names[name_id]
+        return name
+
+
+def _item_idx(item: WorkItem) -> int:
+    return item.idx

@@ -1,0 +1,272 @@
+"""The checkpoint as its job owns it: create or open (migrating), ingest the inputs, and the
+moves a job makes between runs. Reads are CheckpointReader's (queries.py); a run's row
+updates go through CheckpointWriter (writer.py), on a connection of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import CheckpointError
+from batchrun.lifecycle import RowState
+from batchrun.payloads import PreparedRow
+
+from . import reuse
+from .queries import CheckpointReader
+from .schema import OPEN, STATE_CODES, connect, migrate
+from .values import encode_extra
+
+log = logging.getLogger(__name__)
+
+_CODE = STATE_CODES
+
+
+@dataclass(slots=True)
+class IngestRow:
+    """An input row as ingest hands it over: its position, what was read, its request key."""
+
+    idx: int
+    row: PreparedRow
+    request_hash: bytes | None
+
+
+class DuplicateRowId(Exception):
+    """Two input rows share an id; the caller knows where the first one came from."""
+
+    def __init__(self, row_id: str, first_idx: int | None, loc: str) -> None:
+        super().__init__(row_id)
+        self.row_id, self.first_idx, self.loc = row_id, first_idx, loc
+
+
+def remove_checkpoint(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+class Checkpoint(CheckpointReader):
+    """A checkpoint opened for writing by the job that holds its lock."""
+
+    @classmethod
+    def create(cls, path: Path) -> Checkpoint:
+        remove_checkpoint(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path)
+        migrate(conn)
+        return cls(path, conn)
+
+    @classmethod
+    def open(cls, path: Path) -> Checkpoint:
+        """An existing checkpoint, upgraded to this release's schema if it is older."""
+        conn = _connect_existing(path)
+        try:
+            migrate(conn, on_upgrade=lambda old, new: _say_upgrade(path, old, new))
+        except CheckpointError as exc:
+            conn.close()
+            raise CheckpointError(f"{path}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(path, conn)
+
+    # ---- meta
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def set_json(self, key: str, value: Any) -> None:
+        self.set_meta(key, json.dumps(value))
+
+    # ---- ingest
+
+    def insert_rows(self, rows: Sequence[IngestRow], extra_names: Sequence[str]) -> None:
+        """Store input rows (one transaction). A duplicate id raises DuplicateRowId."""
+        values = [_item_values(r, extra_names) for r in rows]
+        try:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?)", values)
+            self._conn.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            self._conn.execute("ROLLBACK")
+            raise self._duplicate(rows) from None
+
+    def _duplicate(self, rows: Sequence[IngestRow]) -> DuplicateRowId:
+        seen: dict[str, int] = {}
+        for new in rows:
+            row_id = new.row.row_id
+            first = seen.get(row_id)
+            if first is None:
+                found = self._conn.execute(
+                    "SELECT idx FROM items WHERE row_id=?", (row_id,)
+                ).fetchone()
+                first = found[0] if found else None
+            if first is not None:
+                return DuplicateRowId(row_id, first, new.row.loc)
+            seen[row_id] = new.idx
+        return DuplicateRowId("?", None, "?")
+
+    # ---- between runs
+
+    def prepare_resume(self, retry_failed: bool, offline: bool = False) -> int:
+        """Rows left in flight by a crash go back to pending (at-least-once delivery).
+
+        With `retry_failed`, failed rows are pending again too (keeping their attempts);
+        rows an --offline run failed for want of a stored answer are, whenever this run is
+        not offline. Returns rows reset.
+        """
+        conn = self._conn
+        conn.execute("BEGIN")
+        inflight = f"{OPEN} AND state = {_CODE[RowState.INFLIGHT]}"
+        # Nothing came back for these: what they were sent with is void; attempts stay.
+        conn.execute(
+            "UPDATE live SET request_id = NULL, location = NULL, answer = NULL "
+            f"WHERE idx IN (SELECT idx FROM items WHERE {inflight})"
+        )
+        reset = conn.execute(
+            f"UPDATE items SET state = ? WHERE {inflight}", (_CODE[RowState.PENDING],)
+        ).rowcount
+        if retry_failed or not offline:
+            reset += self._retry_failed(only_offline=not retry_failed)
+        conn.execute("COMMIT")
+        return reset
+
+    def _retry_failed(self, *, only_offline: bool) -> int:
+        conn = self._conn
+        offline = "AND r.cause = (SELECT id FROM names WHERE name = 'offline')"
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS again AS SELECT idx FROM items WHERE 0")
+        conn.execute("DELETE FROM temp.again")
+        conn.execute(
+            "INSERT INTO temp.again SELECT items.idx FROM items JOIN results AS r "
+            f"ON r.idx = items.idx WHERE {OPEN} AND items.state = ? "
+            + (offline if only_offline else ""),
+            (_CODE[RowState.FAILED],),
+        )
+        chosen = "idx IN (SELECT idx FROM temp.again)"
+        # Attempts and the first submission carry over into the next try; tokens a failed
+        # row was charged (a rare error body with usage) stay counted in `totals`.
+        conn.execute(
+            "INSERT OR REPLACE INTO live (idx, attempts, first_submit_at) "
+            f"SELECT idx, attempts, first_submit_at FROM results WHERE {chosen}"
+        )
+        self._forget_results(chosen)
+        n = conn.execute(
+            f"UPDATE items SET state = ? WHERE {chosen}", (_CODE[RowState.PENDING],)
+        ).rowcount
+        conn.execute("DELETE FROM temp.again")
+        return int(n)
+
+    def _forget_results(self, chosen: str) -> None:
+        """Take rows' results out of `totals` and the ledger (their attempts stay counted:
+        they move to `live`)."""
+        self._conn.execute(
+            "UPDATE totals SET "
+            "prompt_tokens = prompt_tokens - s.p, completion_tokens = completion_tokens - s.c, "
+            "total_tokens = total_tokens - s.t, reused = reused - s.r, "
+            "bought_prompt_tokens = bought_prompt_tokens - s.bp, "
+            "bought_completion_tokens = bought_completion_tokens - s.bc "
+            "FROM (SELECT coalesce(sum(prompt_tokens), 0) AS p, "
+            "coalesce(sum(completion_tokens), 0) AS c, coalesce(sum(total_tokens), 0) AS t, "
+            "coalesce(sum(reused), 0) AS r, "
+            "coalesce(sum(CASE WHEN reused THEN 0 ELSE prompt_tokens END), 0) AS bp, "
+            "coalesce(sum(CASE WHEN reused THEN 0 ELSE completion_tokens END), 0) AS bc "
+            f"FROM results WHERE {chosen}) AS s"
+        )
+        self._conn.execute(f"DELETE FROM results WHERE {chosen}")
+
+    def reuse_from_checkpoint(self, source: Path, *, keep_bodies: bool = False) -> int:
+        """Answer pending rows from an earlier checkpoint's done rows; returns rows answered."""
+        return reuse.from_checkpoint(self._conn, source, keep_bodies)
+
+    def reuse_from_answers(
+        self, batches: Iterable[list[reuse.ReusedAnswer]], *, keep_bodies: bool = False
+    ) -> int:
+        """The same from answers read out of an earlier output file."""
+        return reuse.from_answers(self._conn, batches, keep_bodies)
+
+    def fail_pending(self, error: str, cause: str) -> int:
+        """Mark every row still to be sent failed (--offline: nothing is sent)."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        conn.execute("INSERT OR IGNORE INTO names (name) VALUES (?)", (cause,))
+        pending = f"{OPEN} AND items.state = {_CODE[RowState.PENDING]}"
+        conn.execute(
+            "INSERT OR REPLACE INTO results (idx, attempts, first_submit_at, finished_at, "
+            "error, cause) SELECT items.idx, coalesce(l.attempts, 0), l.first_submit_at, ?, ?, "
+            "(SELECT id FROM names WHERE name = ?) FROM items LEFT JOIN live AS l "
+            f"ON l.idx = items.idx WHERE {pending}",
+            (time.time(), error, cause),
+        )
+        conn.execute(f"DELETE FROM live WHERE idx IN (SELECT idx FROM items WHERE {pending})")
+        n = conn.execute(
+            f"UPDATE items SET state = ? WHERE {pending}", (_CODE[RowState.FAILED],)
+        ).rowcount
+        conn.execute("COMMIT")
+        return int(n)
+
+
+def _item_values(new: IngestRow, extra_names: Sequence[str]) -> tuple[Any, ...]:
+    row = new.row
+    state = RowState.INVALID if row.error else RowState.PENDING
+    return (
+        new.idx,
+        row.row_id,
+        _CODE[state],
+        None if row.templated else row.messages,
+        row.overrides,
+        encode_extra(row.extra, extra_names),
+        row.est_tokens,
+        new.request_hash,
+        row.error,
+    )
+
+
+def _connect_existing(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here")
+    # Look before touching: connect() switches the file to WAL, which must not happen to
+    # somebody else's database.
+    try:
+        probe = connect(path, readonly=True)
+        try:
+            from .schema import schema_version
+
+            if schema_version(probe) == 0:
+                raise CheckpointError("not a batchrun checkpoint (an empty database)")
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as exc:
+        raise CheckpointError(f"{path}: not a batchrun checkpoint ({exc})") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return connect(path)
+
+
+def _say_upgrade(path: Path, old: int, new: int) -> None:
+    log.warning("upgrading %s from checkpoint schema %d to %d (once)", path, old, new)
+
+
+def open_reader(path: Path) -> CheckpointReader:
+    """A checkpoint for reading (status, report, export), even while a job writes it.
+
+    One written by an earlier release is upgraded first, under its lock: that fails, naming
+    the holder, while an older batchrun is running it.
+    """
+    conn = _connect_existing(path)
+    try:
+        from .schema import SCHEMA_VERSION, schema_version
+
+        current = schema_version(conn) >= SCHEMA_VERSION
+    finally:
+        conn.close()
+    if not current:
+        from batchrun.lock import CheckpointLock
+
+        with CheckpointLock(path):
+            Checkpoint.open(path).close()
+    return CheckpointReader(path, connect(path, readonly=True))

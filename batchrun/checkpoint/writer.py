@@ -1,0 +1,238 @@
+"""The writer thread: a run's lifecycle transitions, committed in batches (commit.py says
+what each commit writes).
+
+The event loop only queues transitions (lifecycle.py's records); the thread folds them per
+row and commits them in one transaction at most every FLUSH_INTERVAL_S, well inside SPEC.md's
+200 ms for answers and 1 s for request ids. A transition that must be durable before the
+caller goes on (a consume-once answer, PROTOCOL.md decision 3) is committed at once and the
+caller awaits the commit. Transitions made on a running loop are gathered there and handed
+to the thread as one list per interval (one wake-up per batch, not per row); from outside a
+loop (tests, Ray's checkpoint service) they go straight to the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchrun.errors import CheckpointWriteError
+from batchrun.lifecycle import (
+    Accepted,
+    Fetched,
+    Finished,
+    Forgotten,
+    Located,
+    Submitted,
+    Transition,
+)
+
+from .commit import Callback, Commit, Names
+from .schema import connect
+
+FLUSH_INTERVAL_S = 0.1
+
+
+# ---------------------------------------------------------------- what goes to the thread
+
+
+@dataclass(frozen=True, slots=True)
+class _Changes:
+    changes: Sequence[Transition]
+    urgent: bool = False  # commit at once (someone awaits it, or a batch arrived whole)
+    callback: Callback | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Barrier:
+    """Commit everything before this, then call back (flush)."""
+
+    callback: Callback
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    pass
+
+
+_Work = _Changes | _Barrier | _Stop
+
+
+# ---------------------------------------------------------------- the thread
+
+
+class CheckpointWriter:
+    """The lifecycle Sink over the checkpoint file: a thread with its own connection."""
+
+    def __init__(
+        self, path: Path, *, keep_answer_bodies: bool = False, interval: float = FLUSH_INTERVAL_S
+    ) -> None:
+        self._conn = connect(path)
+        self._names = Names(self._conn)
+        self._keep_bodies = keep_answer_bodies
+        self._interval = interval
+        self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self._gathered: list[Transition] = []
+        self._handoff_timer: asyncio.TimerHandle | None = None
+        self.error: BaseException | None = None
+        self.commits = 0
+        self._thread = threading.Thread(target=self._run, name="batchrun-checkpoint", daemon=True)
+        self._thread.start()
+
+    # ---- lifecycle.Sink
+
+    def submitted(self, change: Submitted) -> None:
+        self._put(change)
+
+    def accepted(self, change: Accepted) -> None:
+        self._put(change)
+
+    async def fetched(self, change: Fetched) -> None:
+        await self._put_now(change)
+
+    async def located(self, change: Located) -> None:
+        await self._put_now(change)
+
+    def forgotten(self, change: Forgotten) -> None:
+        self._put(change)
+
+    def finished(self, change: Finished) -> None:
+        self._put(change)
+
+    # ---- batches from elsewhere (Ray's checkpoint service), flushing, closing
+
+    def apply(self, changes: Sequence[Transition]) -> None:
+        """Queue transitions gathered elsewhere, committed together."""
+        self._check()
+        self._queue.put(_Changes(changes, urgent=True))
+
+    def handoff(self) -> None:
+        """Give the thread what the loop has gathered (call on the loop's thread)."""
+        if self._handoff_timer is not None:
+            self._handoff_timer.cancel()
+            self._handoff_timer = None
+        if self._gathered:
+            gathered, self._gathered = self._gathered, []
+            self._queue.put(_Changes(gathered, urgent=True))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything handed over so far is committed (call off the loop, after
+        `handoff()` on it)."""
+        event = threading.Event()
+        failure: list[BaseException] = []
+
+        def resolve(exc: BaseException | None) -> None:
+            if exc is not None:
+                failure.append(exc)
+            event.set()
+
+        self._queue.put(_Barrier(resolve))
+        waited = 0.0
+        while not event.wait(0.5):
+            waited += 0.5
+            if not self._thread.is_alive():
+                raise CheckpointWriteError("checkpoint writer stopped unexpectedly")
+            if timeout is not None and waited >= timeout:
+                raise CheckpointWriteError("checkpoint writer did not finish in time")
+        if failure:
+            raise CheckpointWriteError(f"checkpoint write failed: {failure[0]}")
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_Stop())
+            self._thread.join()
+        self._conn.close()
+
+    # ---- queueing
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise CheckpointWriteError(f"checkpoint write failed: {self.error}")
+
+    def _put(self, change: Transition) -> None:
+        self._check()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._queue.put(_Changes((change,)))
+            return
+        self._gathered.append(change)
+        if self._handoff_timer is None:
+            self._handoff_timer = loop.call_later(self._interval, self.handoff)
+
+    async def _put_now(self, change: Transition) -> None:
+        """Queue a transition and return once it (and all before it) is committed."""
+        self._check()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def resolve(exc: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, done, exc)
+
+        self.handoff()  # keep the order: what was gathered goes first
+        self._queue.put(_Changes((change,), urgent=True, callback=resolve))
+        await done
+
+    def _run(self) -> None:
+        batch = Commit()
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                work: _Work | None = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                work = None
+            urgent = stop = False
+            # Group commit: whatever queued up meanwhile goes into this same commit, so a
+            # slow disk (one fsync per commit) makes commits bigger, not later.
+            while work is not None and not stop:
+                match work:
+                    case _Changes(changes=changes, urgent=now, callback=callback):
+                        batch.add(changes)
+                        urgent = urgent or now
+                        if callback is not None:
+                            batch.callbacks.append(callback)
+                    case _Barrier(callback=callback):
+                        batch.callbacks.append(callback)
+                        urgent = True
+                    case _Stop():
+                        urgent = stop = True
+                work = None if stop else _next(self._queue)
+            if deadline is None:
+                deadline = time.monotonic() + self._interval
+            if urgent or time.monotonic() >= deadline:
+                self._commit(batch)
+                batch, deadline = Commit(), None
+            if stop:
+                return
+
+    def _commit(self, batch: Commit) -> None:
+        error: BaseException | None = None
+        if batch:
+            try:
+                batch.write(self._conn, self._names, self._keep_bodies)
+                self.commits += 1
+            except Exception as exc:  # any failure must reach the run
+                error = self.error = exc
+        for callback in batch.callbacks:
+            callback(error)
+
+
+def _next(work: queue.SimpleQueue[_Work]) -> _Work | None:
+    try:
+        return work.get_nowait()
+    except queue.Empty:
+        return None
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(CheckpointWriteError(f"checkpoint write failed: {exc}"))

@@ -1,0 +1,165 @@
+"""Inputs -> checkpoint: what a job is (its identity), reading every row into a new
+checkpoint, resuming a matching one, and the dry run that reads without keeping anything.
+
+Every row is validated and every id checked unique here, before anything is sent; a resume
+compares fingerprints only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .budget import Pricing
+from .checkpoint import Checkpoint, DuplicateRowId, IngestRow, remove_checkpoint
+from .columns import ColumnKinds
+from .config import RunConfig, fingerprint, identity_changes
+from .dataset import InputFile, expand_inputs, file_digest, read_rows
+from .errors import DatasetError, RunMismatchError
+from .lifecycle import RowState
+from .payloads import RequestKeys, prepare_row
+from .templates import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+INGEST_BATCH = 5000
+
+
+@dataclass
+class DryRunReport:
+    rows: int
+    invalid: int
+    prompt_tokens_est: int
+    completion_tokens_max: int
+    invalid_examples: list[str]
+    models: dict[str, int]
+    cost_range: tuple[float, float] | None = None  # USD: prompts only .. every max_tokens used
+
+
+def input_identity(cfg: RunConfig) -> tuple[list[InputFile], dict[str, Any]]:
+    files = expand_inputs(cfg.inputs)
+    return files, cfg.identity([file_digest(f.path) for f in files])
+
+
+def prompt_template(cfg: RunConfig) -> PromptTemplate | None:
+    template = PromptTemplate(cfg.prompt_template, cfg.system_prompt)
+    return template if template else None
+
+
+def ingest(
+    checkpoint: Checkpoint,
+    files: list[InputFile],
+    limit: int | None,
+    template: PromptTemplate | None = None,
+    keys: RequestKeys | None = None,
+) -> None:
+    """Validate every input row into the checkpoint (rows and ids; nothing is sent)."""
+    kinds = ColumnKinds()
+    batch: list[IngestRow] = []
+
+    def store() -> None:
+        try:
+            checkpoint.insert_rows(batch, kinds.names)
+        except DuplicateRowId as dup:
+            first = _location(files, dup.first_idx)
+            raise DatasetError(
+                f"{dup.loc}: duplicate id {dup.row_id!r} (first used at {first}); ids must be "
+                "unique. Nothing was sent."
+            ) from None
+        batch.clear()
+
+    for n, source in enumerate(itertools.islice(read_rows(files), limit)):
+        row = prepare_row(source, template)
+        kinds.observe(row.extra)
+        key = keys.key(row.messages, row.overrides) if keys and row.messages else None
+        batch.append(IngestRow(n, row, key))
+        if len(batch) >= INGEST_BATCH:
+            store()
+    if batch:
+        store()
+    checkpoint.set_json("extra_columns", kinds.as_list())
+    checkpoint.set_meta("ingest_complete", "1")
+    log.info("read %d input rows into %s", checkpoint.row_count(), checkpoint.path)
+
+
+def _location(files: list[InputFile], idx: int | None) -> str:
+    """Where input row `idx` came from (read again: only a failing job asks)."""
+    if idx is None:
+        return "an earlier row"
+    for n, source in enumerate(read_rows(files)):
+        if n == idx:
+            return source.loc
+    return f"row {idx}"
+
+
+def open_checkpoint(
+    cfg: RunConfig, files: list[InputFile], identity: dict[str, Any]
+) -> tuple[Checkpoint, bool]:
+    """Resume the checkpoint if it matches, else create and fill it. Returns (it, resumed)."""
+    path = cfg.checkpoint_path
+    if cfg.fresh:
+        remove_checkpoint(path)
+    if path.exists():
+        checkpoint = Checkpoint.open(path)
+        if checkpoint.get_meta("ingest_complete") == "1":
+            _check_same_job(checkpoint, identity, cfg)
+            return checkpoint, True
+        checkpoint.close()  # a first run that died while reading inputs: nothing was sent
+    checkpoint = Checkpoint.create(path)
+    try:
+        checkpoint.set_meta("fingerprint", fingerprint(identity))
+        checkpoint.set_json("identity", identity)
+        checkpoint.set_json("settings", cfg.public_dict())
+        checkpoint.set_meta("created_at", str(time.time()))
+        ingest(checkpoint, files, cfg.limit, prompt_template(cfg), RequestKeys(cfg.body_template()))
+    except BaseException:
+        checkpoint.close()
+        remove_checkpoint(path)
+        raise
+    return checkpoint, False
+
+
+def _check_same_job(checkpoint: Checkpoint, identity: dict[str, Any], cfg: RunConfig) -> None:
+    if checkpoint.get_meta("fingerprint") == fingerprint(identity):
+        return
+    changed = identity_changes(checkpoint.get_json("identity", {}), identity)
+    done = checkpoint.counts().get(RowState.DONE, 0)
+    checkpoint.close()
+    raise RunMismatchError(
+        f"{cfg.checkpoint_path} belongs to a job with other inputs or request settings "
+        f"(changed: {', '.join(changed) or 'unknown'}). Run it with the original inputs and "
+        f"settings to resume, or add --fresh to start over (discarding {done} finished rows)."
+    )
+
+
+def dry_run(cfg: RunConfig) -> DryRunReport:
+    """Read, validate and build every request without sending or keeping anything."""
+    files, _ = input_identity(cfg)
+    with tempfile.TemporaryDirectory(prefix="batchrun-dry-") as tmp:
+        checkpoint = Checkpoint.create(Path(tmp) / "dry.sqlite")
+        try:
+            ingest(checkpoint, files, cfg.limit, prompt_template(cfg))
+            template = cfg.body_template()
+            figures = checkpoint.request_figures(
+                template.get("max_tokens") or 0, str(template.get("model"))
+            )
+        finally:
+            checkpoint.close()
+    report = DryRunReport(
+        rows=figures.rows,
+        invalid=figures.invalid,
+        prompt_tokens_est=figures.prompt_tokens_est,
+        completion_tokens_max=figures.completion_tokens_max,
+        invalid_examples=figures.invalid_examples,
+        models=figures.models,
+    )
+    pricing = Pricing.from_config(cfg.pricing)
+    if pricing is not None:
+        low = pricing.cost(report.prompt_tokens_est, 0)
+        report.cost_range = (low, low + pricing.cost(0, report.completion_tokens_max))
+    return report

@@ -41,9 +41,23 @@ class DryRunReport:
     cost_range: tuple[float, float] | None = None  # USD: prompts only .. every max_tokens used
 
 
-def input_identity(cfg: RunConfig) -> tuple[list[InputFile], dict[str, Any]]:
-    files = expand_inputs(cfg.inputs)
-    return files, cfg.identity([file_digest(f.path) for f in files])
+def input_digests(
+    files: list[InputFile], known: dict[str, list[Any]] | None = None
+) -> tuple[list[str], dict[str, list[Any]]]:
+    """Each input's content digest, and what to remember of them: [size, mtime_ns, digest]
+    by path. A file whose size and modification time are what `known` says keeps its
+    digest without being read again (as make and rsync judge a file unchanged), so a resume
+    does not re-read a large input; any other file is hashed."""
+    digests, stats = [], {}
+    for f in files:
+        st = f.path.stat()
+        mark = [st.st_size, st.st_mtime_ns]
+        key = str(f.path.resolve())
+        cached = (known or {}).get(key)
+        digest = cached[2] if cached is not None and cached[:2] == mark else file_digest(f.path)
+        digests.append(digest)
+        stats[key] = [*mark, digest]
+    return digests, stats
 
 
 def prompt_template(cfg: RunConfig) -> PromptTemplate | None:
@@ -97,9 +111,7 @@ def _location(files: list[InputFile], idx: int | None) -> str:
     return f"row {idx}"
 
 
-def open_checkpoint(
-    cfg: RunConfig, files: list[InputFile], identity: dict[str, Any]
-) -> tuple[Checkpoint, bool]:
+def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint, bool]:
     """Resume the checkpoint if it matches, else create and fill it. Returns (it, resumed)."""
     path = cfg.checkpoint_path
     if cfg.fresh:
@@ -107,13 +119,18 @@ def open_checkpoint(
     if path.exists():
         checkpoint = Checkpoint.open(path)
         if checkpoint.get_meta("ingest_complete") == "1":
-            _check_same_job(checkpoint, identity, cfg)
+            digests, stats = input_digests(files, checkpoint.get_json("input_stats"))
+            _check_same_job(checkpoint, cfg.identity(digests), cfg)
+            checkpoint.set_json("input_stats", stats)
             return checkpoint, True
         checkpoint.close()  # a first run that died while reading inputs: nothing was sent
+    digests, stats = input_digests(files)
+    identity = cfg.identity(digests)
     checkpoint = Checkpoint.create(path)
     try:
         checkpoint.set_meta("fingerprint", fingerprint(identity))
         checkpoint.set_json("identity", identity)
+        checkpoint.set_json("input_stats", stats)
         checkpoint.set_json("settings", cfg.public_dict())
         checkpoint.set_meta("created_at", str(time.time()))
         ingest(checkpoint, files, cfg.limit, prompt_template(cfg), RequestKeys(cfg.body_template()))
@@ -139,7 +156,7 @@ def _check_same_job(checkpoint: Checkpoint, identity: dict[str, Any], cfg: RunCo
 
 def dry_run(cfg: RunConfig) -> DryRunReport:
     """Read, validate and build every request without sending or keeping anything."""
-    files, _ = input_identity(cfg)
+    files = expand_inputs(cfg.inputs)
     with tempfile.TemporaryDirectory(prefix="batchrun-dry-") as tmp:
         checkpoint = Checkpoint.create(Path(tmp) / "dry.sqlite")
         try:

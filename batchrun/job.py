@@ -23,11 +23,12 @@ from typing import Any, Protocol
 from .budget import CostBudget, Pricing, job_cost
 from .checkpoint import AssetCache, Checkpoint, CheckpointWriter, FailureCause, Totals
 from .config import RunConfig, read_api_key
+from .dataset import expand_inputs
 from .dispatch import run_engine
 from .errors import BatchrunError, ConfigError
 from .events import EventLog
 from .factory import Services, build_engine, new_limiter, new_transport
-from .intake import input_identity, open_checkpoint
+from .intake import open_checkpoint
 from .lifecycle import RowState
 from .limits import RateLimiter
 from .lock import CheckpointLock
@@ -94,12 +95,12 @@ async def run_job_async(
 ) -> JobResult:
     """The same, inside a running loop; `limiter` may be shared by several jobs (sweeps)."""
     api_key = preflight(cfg)
-    files, identity = input_identity(cfg)
+    files = expand_inputs(cfg.inputs)
     started = time.monotonic()
     events = EventLog(Path(cfg.log_json)) if cfg.log_json else None
     try:
         with CheckpointLock(cfg.checkpoint_path), tuned_gc():
-            checkpoint, resumed = open_checkpoint(cfg, files, identity)
+            checkpoint, resumed = open_checkpoint(cfg, files)
             try:
                 stats = _prepare(cfg, checkpoint, resumed)
                 if events is not None:

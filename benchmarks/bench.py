@@ -1,7 +1,7 @@
 """`make bench`: run the selected benchmarks and write the results document.
 
     python -m benchmarks.bench [--quick] [--results PATH] [--workdir PATH]
-        [--only throughput,latency,memory,resume,pending,rate,engines]
+        [--only throughput,latency,memory,resume,ledger,pending,rate,engines]
 
 Full sizes write benchmarks/RESULTS.md; --quick (small sizes, a smoke test of the suite
 itself) writes out/bench/RESULTS-quick.md unless --results says otherwise. Work files and
@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench.py`
 from benchmarks.compare import latency, throughput  # noqa: E402
 from benchmarks.context import Context, log  # noqa: E402
 from benchmarks.engines import engines  # noqa: E402
+from benchmarks.ledger import ledger  # noqa: E402
 from benchmarks.measure import load_average, machine  # noqa: E402
 from benchmarks.protocol import pending, rate  # noqa: E402
 from benchmarks.report import Section, Verdict, render, write  # noqa: E402
@@ -38,6 +39,7 @@ SUITES = {
     "latency": latency,
     "memory": memory,
     "resume": resume,
+    "ledger": ledger,
     "pending": pending,
     "rate": rate,
     "engines": engines,
@@ -84,8 +86,8 @@ def _source_state() -> str:
 def _source_digest() -> str:
     """A digest of batchrun/*.py: the code measured (an editable install runs the tree)."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "batchrun").glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    for path in sorted((ROOT / "batchrun").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
     return digest.hexdigest()[:12]
 
 

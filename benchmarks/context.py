@@ -21,6 +21,9 @@ FULL: dict[str, Any] = {
     "openai_rounds": 3,  # the SDK loop is ~15x slower: it sits out the last rounds
     "memory_rows": (20_000, 200_000, 1_000_000),
     "resume_reps": 3,
+    "resume_rows": (1_000_000, 5_000_000),
+    "resume_left": 500_000,
+    "ledger_rows": 20_000,
     "pending_rows": 5_000,
     "pending_latency": 30,
     "rate_rows": 1_800,
@@ -36,6 +39,9 @@ QUICK: dict[str, Any] = {
     "openai_rounds": 2,
     "memory_rows": (2_000, 20_000, 100_000),
     "resume_reps": 2,
+    "resume_rows": (20_000, 100_000),
+    "resume_left": 10_000,
+    "ledger_rows": 2_000,
     "pending_rows": 500,
     "pending_latency": 8,
     "rate_rows": 150,
@@ -60,7 +66,6 @@ class Context:
     quick: bool
     fixed: Server | None = None
     fallback_reason: str | None = None
-    big_job: tuple[Path, Path, int] | None = None  # prompts, output, rows (a finished job)
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 

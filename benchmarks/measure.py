@@ -42,7 +42,13 @@ class Run:
 class Child:
     """A running command (under the launcher), its output in `<log>.out` / `<log>.err`."""
 
-    def __init__(self, cmd: list[str], log: Path) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.cmd = cmd
         self._out, self._err = log.with_suffix(".out"), log.with_suffix(".err")
@@ -52,7 +58,9 @@ class Child:
             stale.unlink(missing_ok=True)
         launcher = [sys.executable, str(LAUNCHER), str(self._report), "--", *cmd]
         with self._out.open("wb") as out, self._err.open("wb") as err:
-            self.proc = subprocess.Popen(launcher, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                launcher, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd
+            )
 
     def _started(self) -> dict[str, float]:
         for _ in range(1000):
@@ -97,8 +105,14 @@ class Child:
         )
 
 
-def run(cmd: list[str], log: Path, timeout: float) -> Run:
-    return Child(cmd, log).wait(timeout)
+def run(
+    cmd: list[str],
+    log: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Run:
+    return Child(cmd, log, env=env, cwd=cwd).wait(timeout)
 
 
 def pinned(cmd: list[str], cpus: str) -> list[str]:

@@ -65,7 +65,7 @@ def ingest(checkpoint: Checkpoint, rows: Sequence[Row]) -> None:
             overrides=r.overrides,
             extra=r.extra,
             est_tokens=r.est_tokens,
-            error=r.error if r.state is RowState.INVALID else None,
+            error=(r.error or "in.jsonl: invalid") if r.state is RowState.INVALID else None,
         )
         new.append(IngestRow(r.idx, prepared, r.request_hash))
     checkpoint.insert_rows(new, kinds.names)
@@ -92,13 +92,13 @@ def transitions(r: Row, now: float) -> list[Transition]:
             r.state,
             r.completion,
             request_id=r.request_id,
-            status_code=r.status_code if r.status_code is not None else (
-                200 if r.state is RowState.DONE else None
-            ),
+            status_code=r.status_code
+            if r.status_code is not None
+            else (200 if r.state is RowState.DONE else None),
             error=r.error,
-            cause=r.cause if r.cause is not None else (
-                "HTTP 422" if r.state is RowState.FAILED else None
-            ),
+            cause=r.cause
+            if r.cause is not None
+            else ("HTTP 422" if r.state is RowState.FAILED else None),
             latency_s=r.latency_s,
             raw=r.raw,
         )

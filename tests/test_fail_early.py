@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from batchrun.mock_server import MockServer
-from batchrun.store import SCHEMA_VERSION, Store
+from batchrun.checkpoint import SCHEMA_VERSION, Checkpoint
 
 from .conftest import prompts, run_cli, start_cli, write_jsonl
 from .test_e2e import assert_rows_answered, read_output, run_args
@@ -55,9 +55,9 @@ def test_checkpoint_from_a_newer_version(
     mock_server: MockServer, fast_config: Path, data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.parquet"
-    store = Store.create(Path(str(out) + ".checkpoint.sqlite"))
-    store.set_meta("schema_version", str(SCHEMA_VERSION + 1))
-    store.close()
+    checkpoint = Checkpoint.create(Path(str(out) + ".checkpoint.sqlite"))
+    checkpoint.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    checkpoint.close()
     result = run_cli(*run_args(data, out, mock_server, fast_config))
     assert result.returncode == 2 and "newer batchrun" in result.stderr
     nothing_sent(mock_server)

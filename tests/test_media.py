@@ -13,7 +13,7 @@ import pytest
 from batchrun.assets import ASSET_REUSE_S, AssetUploader
 from batchrun.errors import MediaError
 from batchrun.media import LOCAL, MediaProblem, MediaResolver, localize, parse_marker
-from batchrun.store import AssetCache, Store
+from batchrun.checkpoint import AssetCache, Checkpoint
 
 
 @pytest.fixture
@@ -123,8 +123,7 @@ class FakeClient:
 
 
 def test_uploads_once_per_content_and_again_after_a_day(tmp_path: Path, pics: Path) -> None:
-    store = Store.create(tmp_path / "c.sqlite")
-    store.close()
+    Checkpoint.create(tmp_path / "c.sqlite").close()
     local = parse_marker(
         localize(user("x"), ["big.webp"], pics)[1]["content"][1]["image_url"]["url"]
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun import results
-from batchrun.payloads import dump_extra
+from batchrun.checkpoint import Checkpoint, ResultPage
+from batchrun.lifecycle import Finished, Outcome, RowState
+from batchrun.records import Completion
 from batchrun.results import ColumnKinds, write_output
-from batchrun.store import ITEM_COLUMNS, Store
+from tests.ledger import Row, apply, build, ingest, transitions
 
 SPEC_COLUMNS = [
     "id",
@@ -41,44 +43,34 @@ SPEC_COLUMNS = [
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.create(tmp_path / "job.checkpoint.sqlite")
+def store(tmp_path: Path) -> Iterator[Checkpoint]:
+    s = build(tmp_path / "job.checkpoint.sqlite", [])
     yield s
     s.close()
 
 
-def add_rows(store: Store, rows: list[tuple[int, str, str, dict[str, Any] | None]]) -> None:
-    """Ingest (idx, row_id, state, extra) rows the way job.ingest does, learning column kinds."""
-    kinds = ColumnKinds()
-    items = []
-    for idx, row_id, state, extra in rows:
-        kinds.observe(extra)
-        values = {
-            "idx": idx,
-            "row_id": row_id,
-            "loc": f"in.jsonl:{idx + 1}",
-            "state": state,
-            "messages": "[]",
-            "overrides": None,
-            "extra": dump_extra(extra),
-            "est_tokens": 1,
-            "error": None,
-            "request_hash": None,
-        }
-        items.append(tuple(values[c] for c in ITEM_COLUMNS))
-    store.insert_items(items)
-    store.set_json("extra_columns", kinds.as_list())
+def add_rows(store: Checkpoint, rows: list[tuple[int, str, str, dict[str, Any] | None]]) -> None:
+    """(idx, row_id, state, extra) rows, put in their states the way a run would."""
+    now = time.time()
+    ledger_rows = [Row(i, row_id, RowState(state), extra=extra) for i, row_id, state, extra in rows]
+    ingest(store, ledger_rows)
+    apply(store.path, [move for r in ledger_rows for move in transitions(r, now)])
 
 
-def set_columns(store: Store, idx: int, **columns: Any) -> None:
-    conn = sqlite3.connect(store.path)
-    with conn:
-        sets = ", ".join(f"{name}=?" for name in columns)
-        conn.execute(f"UPDATE items SET {sets} WHERE idx=?", (*columns.values(), idx))
-    conn.close()
+def finish(
+    store: Checkpoint,
+    idx: int,
+    state: str = "done",
+    completion: Completion | None = None,
+    attempts: int = 1,
+    **outcome: Any,
+) -> None:
+    """The row's end, as the engine records it."""
+    end = Outcome(RowState(state), completion or Completion(), **outcome)
+    apply(store.path, [Finished(idx, end, attempts, None, time.time())])
 
 
-def written(store: Store, path: Path, **kw: Any) -> pa.Table:
+def written(store: Checkpoint, path: Path, **kw: Any) -> pa.Table:
     write_output(store, path, **kw)
     return pq.read_table(path)
 
@@ -86,7 +78,7 @@ def written(store: Store, path: Path, **kw: Any) -> pa.Table:
 # ---------------------------------------------------------------- columns and types
 
 
-def test_output_has_spec_columns_first_with_arrow_types(store: Store, tmp_path: Path) -> None:
+def test_output_has_spec_columns_first_with_arrow_types(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(0, "a", "done", {"topic": "math"})])
     schema = written(store, tmp_path / "out.parquet").schema
     assert schema.names == [*SPEC_COLUMNS, "topic"]
@@ -102,25 +94,20 @@ def test_output_has_spec_columns_first_with_arrow_types(store: Store, tmp_path: 
     assert types["ttft_s"] == pa.float64()
 
 
-def test_finished_row_values_reach_the_output(store: Store, tmp_path: Path) -> None:
+def test_finished_row_values_reach_the_output(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(0, "a", "pending", None)])
-    set_columns(
-        store,
-        0,
-        state="done",
+    completion = Completion(
         content="4",
         reasoning_content="2+2 is 4",
-        tool_calls='[{"id":"c1"}]',
+        tool_calls=[{"id": "c1"}],
         finish_reason="stop",
         prompt_tokens=11,
         completion_tokens=7,
         total_tokens=18,
         model="qwen/qwen3.5-397b-a17b",
-        request_id="req-1",
-        attempts=2,
-        latency_s=1.25,
         ttft_s=0.5,
     )
+    finish(store, 0, completion=completion, attempts=2, request_id="req-1", latency_s=1.25)
     assert written(store, tmp_path / "out.parquet").to_pylist() == [
         {
             "id": "a",
@@ -144,24 +131,21 @@ def test_finished_row_values_reach_the_output(store: Store, tmp_path: Path) -> N
     ]
 
 
-def test_large_token_counts_fit_int64(store: Store, tmp_path: Path) -> None:
-    add_rows(store, [(0, "a", "done", None)])
-    set_columns(store, 0, prompt_tokens=2**40, total_tokens=2**40 + 1)
+def test_large_token_counts_fit_int64(store: Checkpoint, tmp_path: Path) -> None:
+    add_rows(store, [(0, "a", "pending", None)])
+    finish(store, 0, completion=Completion(prompt_tokens=2**40, total_tokens=2**40 + 1))
     table = written(store, tmp_path / "out.parquet")
     assert table.column("prompt_tokens").to_pylist() == [2**40]
     assert table.column("total_tokens").to_pylist() == [2**40 + 1]
 
 
-def test_rows_are_in_input_order_whatever_the_insert_order(store: Store, tmp_path: Path) -> None:
+def test_rows_are_in_input_order_whatever_the_insert_order(
+    store: Checkpoint, tmp_path: Path
+) -> None:
     add_rows(store, [(3, "d", "pending", None), (0, "a", "pending", None)])
-    store.insert_items(
-        [
-            (2, "c", "in.jsonl:3", "pending", "[]", None, None, 1, None, None),
-            (1, "b", "in.jsonl:2", "pending", "[]", None, None, 1, None, None),
-        ]
-    )
+    add_rows(store, [(2, "c", "pending", None), (1, "b", "pending", None)])
     for idx, content in ((2, "C"), (0, "A"), (3, "D"), (1, "B")):
-        set_columns(store, idx, state="done", content=content)
+        finish(store, idx, completion=Completion(content=content))
     table = written(store, tmp_path / "out.parquet")
     assert table.column("id").to_pylist() == ["a", "b", "c", "d"]
     assert table.column("content").to_pylist() == ["A", "B", "C", "D"]
@@ -179,15 +163,14 @@ def test_rows_are_in_input_order_whatever_the_insert_order(store: Store, tmp_pat
         ("fetched", "pending"),
     ],
 )
-def test_state_maps_to_status(store: Store, tmp_path: Path, state: str, status: str) -> None:
+def test_state_maps_to_status(store: Checkpoint, tmp_path: Path, state: str, status: str) -> None:
     add_rows(store, [(0, "a", state, None)])
     assert written(store, tmp_path / "out.parquet").column("status").to_pylist() == [status]
 
 
-def test_failed_and_invalid_rows_keep_their_error(store: Store, tmp_path: Path) -> None:
-    add_rows(store, [(0, "a", "pending", None), (1, "b", "pending", None)])
-    set_columns(store, 0, state="failed", error="HTTP 422: prompt too long", attempts=1)
-    set_columns(store, 1, state="invalid", error="in.jsonl:2: no prompt")
+def test_failed_and_invalid_rows_keep_their_error(store: Checkpoint, tmp_path: Path) -> None:
+    ingest(store, [Row(0, "a"), Row(1, "b", RowState.INVALID, error="in.jsonl:2: no prompt")])
+    finish(store, 0, "failed", error="HTTP 422: prompt too long", cause="HTTP 422")
     table = written(store, tmp_path / "out.parquet")
     assert table.column("status").to_pylist() == ["failed", "invalid"]
     assert table.column("error").to_pylist() == [
@@ -197,7 +180,9 @@ def test_failed_and_invalid_rows_keep_their_error(store: Store, tmp_path: Path) 
     assert table.column("attempts").to_pylist() == [1, 0]
 
 
-def test_write_output_returns_row_count_and_makes_directories(store: Store, tmp_path: Path) -> None:
+def test_write_output_returns_row_count_and_makes_directories(
+    store: Checkpoint, tmp_path: Path
+) -> None:
     add_rows(store, [(i, f"r{i}", "done", None) for i in range(5)])
     path = tmp_path / "deep" / "er" / "out.parquet"
     assert write_output(store, path) == (5, 0)
@@ -207,7 +192,7 @@ def test_write_output_returns_row_count_and_makes_directories(store: Store, tmp_
 # ---------------------------------------------------------------- passthrough columns
 
 
-def test_passthrough_columns_keep_scalar_types(store: Store, tmp_path: Path) -> None:
+def test_passthrough_columns_keep_scalar_types(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(
         store,
         [
@@ -227,21 +212,21 @@ def test_passthrough_columns_keep_scalar_types(store: Store, tmp_path: Path) -> 
     assert table.column("s").to_pylist() == ["one", "two"]
 
 
-def test_int_mixed_with_float_becomes_float(store: Store, tmp_path: Path) -> None:
+def test_int_mixed_with_float_becomes_float(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(0, "a", "done", {"score": 1}), (1, "b", "done", {"score": 2.5})])
     table = written(store, tmp_path / "out.parquet")
     assert table.schema.field("score").type == pa.float64()
     assert table.column("score").to_pylist() == [1.0, 2.5]
 
 
-def test_mixed_types_become_json_text(store: Store, tmp_path: Path) -> None:
+def test_mixed_types_become_json_text(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(0, "a", "done", {"v": 1}), (1, "b", "done", {"v": "one"})])
     table = written(store, tmp_path / "out.parquet")
     assert table.schema.field("v").type == pa.string()
     assert [json.loads(v) for v in table.column("v").to_pylist()] == [1, "one"]
 
 
-def test_lists_and_objects_become_json_text(store: Store, tmp_path: Path) -> None:
+def test_lists_and_objects_become_json_text(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(
         store,
         [
@@ -256,14 +241,14 @@ def test_lists_and_objects_become_json_text(store: Store, tmp_path: Path) -> Non
     assert [json.loads(v) for v in table.column("meta").to_pylist()] == [{"k": 1, "é": "ü"}, {}]
 
 
-def test_all_null_column_is_string(store: Store, tmp_path: Path) -> None:
+def test_all_null_column_is_string(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(0, "a", "done", {"note": None}), (1, "b", "done", {"note": None})])
     table = written(store, tmp_path / "out.parquet")
     assert table.schema.field("note").type == pa.string()
     assert table.column("note").to_pylist() == [None, None]
 
 
-def test_missing_and_null_passthrough_values_are_null(store: Store, tmp_path: Path) -> None:
+def test_missing_and_null_passthrough_values_are_null(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(
         store,
         [
@@ -278,7 +263,7 @@ def test_missing_and_null_passthrough_values_are_null(store: Store, tmp_path: Pa
     assert table.column("n").to_pylist() == [1, None, None, 4]
 
 
-def test_prefixed_passthrough_column_is_written(store: Store, tmp_path: Path) -> None:
+def test_prefixed_passthrough_column_is_written(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(0, "a", "done", {"input_model": "gpt-x"})])
     table = written(store, tmp_path / "out.parquet")
     assert table.column("input_model").to_pylist() == ["gpt-x"]
@@ -324,7 +309,7 @@ def test_column_kinds_keep_first_seen_order_and_ignore_empty_rows() -> None:
 # ---------------------------------------------------------------- streaming and atomicity
 
 
-def test_small_pages_are_gathered_into_row_groups(store: Store, tmp_path: Path) -> None:
+def test_small_pages_are_gathered_into_row_groups(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(i, f"r{i}", "done", {"n": i}) for i in range(7)])
     path = tmp_path / "out.parquet"
     assert write_output(store, path, page_rows=2, group_rows=4) == (7, 0)
@@ -336,7 +321,7 @@ def test_small_pages_are_gathered_into_row_groups(store: Store, tmp_path: Path) 
     assert pq.read_table(path).column("n").to_pylist() == list(range(7))
 
 
-def test_empty_checkpoint_gives_valid_empty_parquet(store: Store, tmp_path: Path) -> None:
+def test_empty_checkpoint_gives_valid_empty_parquet(store: Checkpoint, tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
     assert write_output(store, path) == (0, 0)
     table = pq.read_table(path)
@@ -345,22 +330,22 @@ def test_empty_checkpoint_gives_valid_empty_parquet(store: Store, tmp_path: Path
     assert table.schema.field("attempts").type == pa.int32()
 
 
-def test_rewrite_replaces_the_previous_output(store: Store, tmp_path: Path) -> None:
+def test_rewrite_replaces_the_previous_output(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(0, "a", "pending", None)])
     path = tmp_path / "out.parquet"
     assert written(store, path).column("status").to_pylist() == ["pending"]
-    set_columns(store, 0, state="done", content="x")
+    finish(store, 0, completion=Completion(content="x"))
     assert written(store, path).column("status").to_pylist() == ["ok"]
 
 
 def test_failed_rename_leaves_old_output_and_no_temp_file(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_rows(store, [(0, "a", "pending", None)])
     path = tmp_path / "out.parquet"
     write_output(store, path)
     before = path.read_bytes()
-    set_columns(store, 0, state="done", content="new")
+    finish(store, 0, completion=Completion(content="new"))
 
     def refuse(src: Any, dst: Any) -> None:
         raise OSError(28, "No space left on device")
@@ -374,20 +359,20 @@ def test_failed_rename_leaves_old_output_and_no_temp_file(
 
 
 def test_failure_mid_stream_leaves_old_output_and_no_temp_file(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_rows(store, [(i, f"r{i}", "pending", None) for i in range(4)])
     path = tmp_path / "out.parquet"
     write_output(store, path)
     before = path.read_bytes()
-    real_pages = store.iter_results
+    real_pages = store.result_pages
 
-    def pages_then_fail(page: int = 4096) -> Iterator[list[tuple[Any, ...]]]:
+    def pages_then_fail(page: int = 4096) -> Iterator[ResultPage]:
         it = real_pages(page=page)
         yield next(it)
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(store, "iter_results", pages_then_fail)
+    monkeypatch.setattr(store, "result_pages", pages_then_fail)
     with pytest.raises(RuntimeError, match="went away"):
         write_output(store, path, page_rows=2)
     assert path.read_bytes() == before
@@ -426,7 +411,7 @@ def test_strings_past_one_arrow_array_are_split_not_dropped(
     assert column.to_pylist() == values
 
 
-def test_temp_files_of_a_killed_writer_are_cleaned_up(store: Store, tmp_path: Path) -> None:
+def test_temp_files_of_a_killed_writer_are_cleaned_up(store: Checkpoint, tmp_path: Path) -> None:
     add_rows(store, [(0, "a", "done", None)])
     path = tmp_path / "out.parquet"
     gone = _a_dead_pid()

@@ -14,7 +14,7 @@ LOADED = "print(sorted(m for m in ('pyarrow', 'numpy', 'pandas') if m in sys.mod
 def test_a_job_starts_without_pyarrow_or_pandas() -> None:
     # pyarrow and numpy cost ~0.13 s to import; a JSONL job imports them in a thread while it
     # waits on the network (job._warm_up_output), not before its first request.
-    code = f"import sys, batchrun.cli, batchrun.job, batchrun.runner, batchrun.client; {LOADED}"
+    code = f"import sys, batchrun.cli, batchrun.job, batchrun.engine, batchrun.client; {LOADED}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

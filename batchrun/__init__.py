@@ -9,7 +9,8 @@ __all__ = ["__version__"]
 
 @cache
 def _version() -> str:
-    # importlib.metadata costs ~25 ms to import: only pay it when the version is asked for.
+    # importlib.metadata is slow to import (benchmarks/RESULTS.md, "Hot-path choices"): only
+    # pay for it when the version is asked for.
     from importlib.metadata import PackageNotFoundError, version
 
     try:

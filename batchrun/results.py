@@ -133,10 +133,9 @@ def _arrow_column(values: Sequence[Any], kind: pa.DataType) -> pa.Array[Any] | p
     """Python values (None for null) as an Arrow array of `kind`: string, int, float or bool.
 
     Not pa.array(): on first use it imports pandas, only to ask whether the list is a
-    pandas object: under `/usr/bin/time -f '%e s %M KB' python -c ...`, `import pyarrow`
-    takes 0.11 s and 54 MiB, `import pyarrow as pa; pa.array([1])` 0.39 s and 109 MiB. Strings go
-    through Arrow's StringBuilder; numbers and booleans as text, parsed by Arrow's cast
-    (exact: repr() of a float round-trips).
+    pandas object, which costs a run seconds and tens of MiB (benchmarks/RESULTS.md,
+    "Hot-path choices"). Strings go through Arrow's StringBuilder; numbers and booleans as
+    text, parsed by Arrow's cast (exact: repr() of a float round-trips).
     """
     if pa.types.is_string(kind):
         chunks = _string_chunks(values)

@@ -1,7 +1,7 @@
 """`make bench`: run the selected benchmarks and write the results document.
 
     python -m benchmarks.bench [--quick] [--results PATH] [--workdir PATH]
-        [--only throughput,latency,memory,resume,ledger,pending,rate,engines]
+        [--only throughput,latency,memory,resume,ledger,pending,rate,engines,hotpath]
 
 Full sizes write benchmarks/RESULTS.md; --quick (small sizes, a smoke test of the suite
 itself) writes out/bench/RESULTS-quick.md unless --results says otherwise. Work files and
@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench.py`
 from benchmarks.compare import latency, throughput  # noqa: E402
 from benchmarks.context import Context, log  # noqa: E402
 from benchmarks.engines import engines  # noqa: E402
+from benchmarks.hotpath import hotpath  # noqa: E402
 from benchmarks.ledger import ledger  # noqa: E402
 from benchmarks.measure import load_average, machine  # noqa: E402
 from benchmarks.protocol import pending, rate  # noqa: E402
@@ -43,6 +44,7 @@ SUITES = {
     "pending": pending,
     "rate": rate,
     "engines": engines,
+    "hotpath": hotpath,
 }
 
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     sections: list[Section] = []
     try:
-        if {"throughput", "memory", "resume"} & set(args.only):
+        if {"throughput", "memory", "resume", "hotpath"} & set(args.only):
             ctx.fixed_endpoint()
         for name in args.only:
             log(f"--- {name}")

@@ -19,7 +19,7 @@ Row-level problems are *stored*, not raised: a row that the server rejects becom
         ├── MediaError                a row's image vanished or changed            -> fail row
         └── StatusError               non-2xx answer (retry.classify_status picks the class)
             ├── RateLimitError        429                        -> pause everyone, retry
-            ├── ServerError           408, 5xx                   -> retry
+            ├── ServerError           408, 500, 502, 503, 504    -> retry
             └── RequestRejected       any other 4xx              -> fail row
 
 What each error means for a row (retry, re-poll, resubmit, pause, stop, fail) is decided in
@@ -141,7 +141,7 @@ class RateLimitError(StatusError):
 
 
 class ServerError(StatusError):
-    """408 or 5xx: the server failed this time; the same request may well work later."""
+    """408, 500, 502, 503, 504: the server failed this time; the request may work later."""
 
 
 class RequestRejected(StatusError):

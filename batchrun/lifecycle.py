@@ -11,8 +11,8 @@ records each transition. Pure: no I/O, no clock.
     polling ──forgotten──▶ inflight            (the id expired or was spent: buy again)
     fetched ──forgotten──▶ inflight            (the stored link is dead: buy again)
     inflight ──finished──▶ done | failed
-    polling ──finished──▶ done | failed
     fetched ──finished──▶ done | failed
+    polling ──finished──▶ failed               (never done: a polled answer is stored first)
     pending ──finished──▶ failed               (it cannot be sent: its image is gone)
 
 Between runs the checkpoint moves rows on its own (checkpoint/store.py): a row left
@@ -169,8 +169,13 @@ EDGES: frozenset[tuple[RowState, type[Transition], RowState]] = frozenset(
         (_S.POLLING, Located, _S.FETCHED),
         (_S.POLLING, Forgotten, _S.INFLIGHT),
         (_S.FETCHED, Forgotten, _S.INFLIGHT),
-        *((source, Finished, end) for source in (_S.INFLIGHT, _S.POLLING, _S.FETCHED)
-          for end in (_S.DONE, _S.FAILED)),
+        (_S.INFLIGHT, Finished, _S.DONE),
+        (_S.INFLIGHT, Finished, _S.FAILED),
+        (_S.FETCHED, Finished, _S.DONE),
+        (_S.FETCHED, Finished, _S.FAILED),
+        # A polled answer is stored (fetched) before it is used, so a row that is polling
+        # can only fail; nor can a row never sent be done.
+        (_S.POLLING, Finished, _S.FAILED),
         (_S.PENDING, Finished, _S.FAILED),
     }
 )  # fmt: skip

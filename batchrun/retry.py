@@ -149,6 +149,10 @@ def _retry(
             "resume."
         )
         return Decision(Action.STOP_JOB, stop=stop, forget_request=forget)
+    if history.holds_request:
+        # A download of a paid answer: its own wait; the submissions are not to blame.
+        delay = wait if wait is not None else backoff(history.tries, policy, rng)
+        return Decision(Action.RETRY, delay, forget_request=forget)
     if isinstance(error, RateLimitError):
         return Decision(Action.PAUSE_ALL, wait, slow_down=True, forget_request=forget)
     if wait is not None and wait > LONG_WAIT_S:

@@ -278,7 +278,7 @@ def status(path: str, as_json: bool, ids: int) -> None:
     """Where a job stands: counts, tokens, pending request ids.
 
     PATH is a checkpoint, or an output file (its checkpoint is found beside it)."""
-    from .inspect import format_status, job_status
+    from .status import format_status, job_status
 
     try:
         info = job_status(Path(path), ids=ids)

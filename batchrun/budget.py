@@ -32,6 +32,16 @@ class Pricing:
         ) / 1e6
 
 
+def job_cost(pricing_table: Mapping[str, float] | None, totals: Mapping[str, int]) -> float | None:
+    """What a job's bought tokens cost, from its `pricing` setting and token totals keyed as
+    `Store.totals()` keys them; None when the job has no prices. Rows answered by `--reuse`
+    are not in the bought totals: they cost nothing."""
+    pricing = Pricing.from_config(pricing_table)
+    if pricing is None:
+        return None
+    return pricing.cost(totals["bought_prompt_tokens"], totals["bought_completion_tokens"])
+
+
 class CostBudget:
     """Spent + booked must stay within `cap`. Not thread-safe: one event loop owns it."""
 

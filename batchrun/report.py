@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .budget import Pricing
+from .budget import job_cost
 from .errors import ConfigError
 from .records import DONE, FAILED, INVALID
 from .store import Store
@@ -125,8 +125,8 @@ class _OutputScan:
     """Per-batch sums of the output's columns, plus the per-row numbers the plots need."""
 
     statuses: Counter[str] = field(default_factory=Counter)
+    # Keyed as Store.totals() keys them: `bought_*` leaves out reused rows.
     tokens: Counter[str] = field(default_factory=Counter)
-    bought: Counter[str] = field(default_factory=Counter)  # tokens of rows not reused
     ok_without_usage: int = 0
     latencies: list[Numbers] = field(default_factory=list)  # of ok rows
     ttfts: list[Numbers] = field(default_factory=list)  # of ok rows
@@ -164,7 +164,7 @@ class _OutputScan:
         bought = pc.invert(reused)
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
             self.tokens[name] += _sum(batch.column(name))
-            self.bought[name] += _sum(pc.filter(batch.column(name), bought))
+            self.tokens[f"bought_{name}"] += _sum(pc.filter(batch.column(name), bought))
         self.ok_without_usage += pc.filter(batch.column("total_tokens"), ok).null_count
 
     def _add_attempts(self, attempts: Column) -> None:
@@ -282,7 +282,8 @@ def summarize(output: Path) -> dict[str, Any]:
             "total": scan.tokens["total_tokens"],
             "ok_rows_without_usage": scan.ok_without_usage,
         },
-        "cost_usd": _cost(settings, scan),
+        # What the rows bought cost (reused rows cost nothing), when the job had prices.
+        "cost_usd": job_cost(settings.get("pricing"), scan.tokens),
         "latency_s": _quantiles(scan.latencies, LATENCY_QUANTILES, with_max=True),
         "ttft_s": _quantiles(scan.ttfts, TTFT_QUANTILES, with_max=False),
         "attempts": {
@@ -301,14 +302,6 @@ def summarize(output: Path) -> dict[str, Any]:
         "reused": scan.reused,
         "notes": _notes(scan, job),
     }
-
-
-def _cost(settings: dict[str, Any], scan: _OutputScan) -> float | None:
-    """What the rows bought cost (reused rows cost nothing), when the job had prices."""
-    pricing = Pricing.from_config(settings.get("pricing"))
-    if pricing is None:
-        return None
-    return pricing.cost(scan.bought["prompt_tokens"], scan.bought["completion_tokens"])
 
 
 def _quantiles(

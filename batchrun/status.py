@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .budget import Pricing
+from .budget import job_cost
 from .errors import CheckpointError
 from .lock import holder
 from .records import DONE, FAILED, FETCHED, INFLIGHT, INVALID, PENDING, POLLING
@@ -29,7 +29,6 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
         counts = store.counts()
         settings = store.get_json("settings", {})
         totals = store.totals()
-        pricing = Pricing.from_config(settings.get("pricing"))
         return {
             "checkpoint": str(checkpoint),
             "running": holder(checkpoint),
@@ -39,9 +38,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
                 for s in (DONE, FAILED, INVALID, PENDING, INFLIGHT, POLLING, FETCHED)
             },
             "tokens": totals,
-            "cost": pricing.cost(totals["bought_prompt_tokens"], totals["bought_completion_tokens"])
-            if pricing
-            else None,
+            "cost": job_cost(settings.get("pricing"), totals),
             "pending_request_ids": [
                 {"id": row_id, "request_id": rid} for row_id, rid in store.pending_request_ids(ids)
             ],

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from .budget import job_cost
 from .errors import ConfigError
 from .records import DONE, FAILED, INVALID
+from .stats import quantiles
 from .store import Store
 
 if TYPE_CHECKING:
@@ -284,8 +285,8 @@ def summarize(output: Path) -> dict[str, Any]:
         },
         # What the rows bought cost (reused rows cost nothing), when the job had prices.
         "cost_usd": job_cost(settings.get("pricing"), scan.tokens),
-        "latency_s": _quantiles(scan.latencies, LATENCY_QUANTILES, with_max=True),
-        "ttft_s": _quantiles(scan.ttfts, TTFT_QUANTILES, with_max=False),
+        "latency_s": _latency_figures(_joined(scan.latencies)),
+        "ttft_s": quantiles(_joined(scan.ttfts), TTFT_QUANTILES),
         "attempts": {
             "requests_sent": scan.requests_sent,
             "mean_per_row_sent": scan.requests_sent / scan.rows_sent if scan.rows_sent else None,
@@ -304,16 +305,10 @@ def summarize(output: Path) -> dict[str, Any]:
     }
 
 
-def _quantiles(
-    chunks: list[Numbers], quantiles: dict[str, float], *, with_max: bool
-) -> dict[str, float] | None:
-    values = _joined(chunks)
-    if len(values) == 0:
-        return None
-    found = np.quantile(values, list(quantiles.values()))
-    figures = {name: float(v) for name, v in zip(quantiles, found, strict=True)}
-    if with_max:
-        figures["max"] = float(values.max())
+def _latency_figures(latencies: Numbers) -> dict[str, float] | None:
+    figures = quantiles(latencies, LATENCY_QUANTILES)
+    if figures is not None:
+        figures["max"] = float(latencies.max())
     return figures
 
 

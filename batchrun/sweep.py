@@ -42,7 +42,9 @@ from .config import CONFIG_KEYS, RunConfig, build_config, load_toml
 from .errors import AuthError, BatchrunError, ConfigError, Interrupted
 from .job import JobResult, new_limiter, run_job_async
 from .records import DONE, FAILED, INVALID
+from .stats import quantiles
 
+LATENCY_QUANTILES = {"p50": 0.5, "p95": 0.95}
 SWEEP_KEYS = frozenset(
     {"output_dir", "datasets", "models", "config", "score_field", "max_failure_rate", "run", "grid"}
 )
@@ -251,10 +253,9 @@ def _fill(report: CellReport, result: JobResult, spec: SweepSpec) -> None:
     report.cost = result.cost
     report.wall_s = result.wall_s
     frame = _read(result.output)
-    latency = frame.loc[frame["status"] == "ok", "latency_s"].dropna()
-    if len(latency):
-        report.latency_p50 = float(latency.quantile(0.5))
-        report.latency_p95 = float(latency.quantile(0.95))
+    latency = quantiles(frame.loc[frame["status"] == "ok", "latency_s"].dropna(), LATENCY_QUANTILES)
+    if latency is not None:
+        report.latency_p50, report.latency_p95 = latency["p50"], latency["p95"]
     report.accuracy, report.scored = _accuracy(frame, spec.score_field)
     bad = report.failed + report.invalid
     report.failure_rate = bad / report.rows if report.rows else 0.0

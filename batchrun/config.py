@@ -502,18 +502,25 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
 CONFIG_KEYS = frozenset(_VALIDATORS)
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a config file; syntax errors and unknown keys name the file and the key."""
-    path = Path(path)
+def read_toml(path: Path, kind: str) -> dict[str, Any]:
+    """A TOML file's top-level table, for config and sweep files alike. A missing,
+    unreadable or malformed file is a ConfigError naming it; `kind` ("config", "sweep")
+    says which file was not found. Checking the keys is the caller's business."""
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{kind} file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; syntax errors and unknown keys name the file and the key."""
+    path = Path(path)
+    data = read_toml(path, "config")
     for key in data:
         if key not in CONFIG_KEYS:
             raise ConfigError(f"{path}: unknown key {key!r}{_did_you_mean(key)}")

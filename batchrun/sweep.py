@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import CONFIG_KEYS, RunConfig, build_config, load_toml
+from .config import CONFIG_KEYS, RunConfig, build_config, load_toml, read_toml
 from .errors import AuthError, BatchrunError, ConfigError, Interrupted
 from .job import JobResult, new_limiter, run_job_async
 from .records import DONE, FAILED, INVALID
@@ -142,15 +142,8 @@ def load_sweep(path: Path, cli: Mapping[str, Any]) -> SweepSpec:
 
 
 def load_toml_table(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    """The sweep file's table, its keys checked (run keys are checked per cell later)."""
+    data = read_toml(path, "sweep")
     unknown = sorted(set(data) - SWEEP_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r} (known: {sorted(SWEEP_KEYS)})")

@@ -161,7 +161,8 @@ def report(output: str, html_path: str | None, as_json: bool) -> None:
 
     OUTPUT is an output Parquet file (its checkpoint is read too when it is beside it), or a
     checkpoint whose output file can be found."""
-    from .report import format_report, summarize, write_html
+    from .report import format_report, summarize
+    from .report_html import write_html
 
     try:
         summary = summarize(Path(output))

@@ -31,6 +31,7 @@ from .errors import AuthError, ConfigError
 from .urls import is_loopback as is_loopback
 from .urls import is_nvidia_host, sends_key_in_clear
 
+CHECKPOINT_SUFFIX = ".checkpoint.sqlite"  # the default checkpoint is OUTPUT + this
 NVIDIA_BASE_URL = "https://integrate.api.nvidia.com/v1"
 NVIDIA_MODEL = "qwen/qwen3.5-397b-a17b"
 DEFAULT_STATUS_URL = "{base_url}/status/{request_id}"
@@ -110,7 +111,7 @@ class RunConfig:
     def checkpoint_path(self) -> Path:
         if self.checkpoint:
             return Path(self.checkpoint)
-        return Path(self.output + ".checkpoint.sqlite")
+        return Path(self.output + CHECKPOINT_SUFFIX)
 
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"

@@ -1,11 +1,11 @@
-"""`batchrun report`: what a job amounts to, for the terminal or as one web page.
+"""`batchrun report`: what a job amounts to, as figures and as text for the terminal.
 
-This module owns the report: the figures read back from an output Parquet file (rows by
-status, tokens, cost, latency and ttft percentiles, attempts, failures by cause, parse
-errors, reused rows) and from the checkpoint beside it when there is one (answer times for
-throughput, failure causes as the runner classified them, prices, model); and the two ways
-of showing them: plain text, and a self-contained HTML page whose four matplotlib plots are
-inlined as PNG data URLs.
+This module owns the report's summary: the figures read back from an output Parquet file
+(rows by status, tokens, cost, latency and ttft percentiles, attempts, failures by cause,
+parse errors, reused rows) and from the checkpoint beside it when there is one (answer times
+for throughput, failure causes as the runner classified them, prices, model); the plain text
+that shows them; and the per-row numbers the plots need. The HTML page with its matplotlib
+plots is `report_html.py`'s; finding the output and checkpoint is `job_files.py`'s.
 
 Outputs can hold millions of rows, so the output is read in record batches, only the columns
 needed, and per row only numbers are kept (latencies, token counts, answer times); error
@@ -14,13 +14,10 @@ texts are looked at batch by batch and only counts and one example per cause are
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import re
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +30,7 @@ import pyarrow.parquet as pq
 
 from .budget import job_cost
 from .errors import ConfigError
+from .job_files import locate
 from .records import DONE, FAILED, INVALID
 from .stats import quantiles
 from .store import Store
@@ -40,13 +38,9 @@ from .store import Store
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-    from matplotlib.axes import Axes
-
     Column: TypeAlias = pa.Array[Any]
     Numbers: TypeAlias = np.ndarray[Any, np.dtype[np.float64]]
 
-CHECKPOINT_SUFFIX = ".checkpoint.sqlite"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 NEEDED_COLUMNS = (
     "status", "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "total_tokens",
     "attempts", "error", "reused",
@@ -58,64 +52,6 @@ STATUSES = ("ok", "failed", "invalid", "pending")
 HTTP_CAUSE = re.compile(r"^(HTTP \d{3})\b")
 LABEL_WIDTH = len("parse errors")  # the longest label: one layout whatever rows show
 EXAMPLE_CHARS = 120  # of an error example on the terminal (the HTML page shows it whole)
-
-# Captions of the four plots, in page order.
-LATENCY = "Latency distribution"
-THROUGHPUT = "Throughput over time"
-TOKENS = "Tokens per row"
-FAILURES = "Failures by cause"
-MATPLOTLIB_MISSING = "--html needs matplotlib: pip install 'batchrun[report]'"
-
-
-# ---------------------------------------------------------------- finding the files
-
-
-def locate(path: Path) -> tuple[Path, Path | None]:
-    """The output Parquet file and its checkpoint (None when there is none beside it).
-
-    `path` is the output, or a checkpoint whose output can be found (beside it, or where
-    its settings say it was written)."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    if _is_parquet(path):
-        beside = Path(str(path) + CHECKPOINT_SUFFIX)
-        return path, beside if beside.is_file() else None
-    if not _starts_with(path, SQLITE_MAGIC):
-        raise ConfigError(f"{path}: neither a batchrun output (Parquet) nor a batchrun checkpoint")
-    store = Store.open(path)  # another SQLite file, or a newer schema: its own clear error
-    try:
-        settings = store.get_json("settings", {}) or {}
-    finally:
-        store.close()
-    return _output_of(path, settings), path
-
-
-def _is_parquet(path: Path) -> bool:
-    return _starts_with(path, b"PAR1")
-
-
-def _starts_with(path: Path, magic: bytes) -> bool:
-    try:
-        with path.open("rb") as fh:
-            return fh.read(len(magic)) == magic
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _output_of(checkpoint: Path, settings: dict[str, Any]) -> Path:
-    candidates = []
-    if checkpoint.name.endswith(CHECKPOINT_SUFFIX):
-        candidates.append(checkpoint.with_name(checkpoint.name[: -len(CHECKPOINT_SUFFIX)]))
-    if settings.get("output"):
-        candidates.append(Path(settings["output"]))
-    for candidate in candidates:
-        if candidate.is_file() and _is_parquet(candidate):
-            return candidate
-    raise ConfigError(
-        f"{checkpoint} is a checkpoint; the report reads its output Parquet file, which is not "
-        f"there. Write one with `batchrun export {checkpoint} -o OUTPUT.parquet` and report "
-        "on that."
-    )
 
 
 # ---------------------------------------------------------------- reading the output
@@ -345,6 +281,30 @@ def _notes(scan: _OutputScan, job: _CheckpointScan | None) -> list[str]:
     return notes
 
 
+# ---------------------------------------------------------------- the plots' numbers
+
+
+@dataclass
+class PlotNumbers:
+    """The per-row numbers behind the HTML page's plots (the summary keeps only figures)."""
+
+    latencies: Numbers  # of ok rows
+    total_tokens: Numbers  # of rows with usage
+    answer_times: Numbers | None  # of rows the endpoint answered; None without a checkpoint
+
+
+def plot_numbers(output: Path) -> PlotNumbers:
+    """Read the output (and its checkpoint) again, for `report_html.write_html`."""
+    output, checkpoint = locate(output)
+    scan = _scan_output(output)
+    answer_times = _scan_checkpoint(checkpoint).answer_times if checkpoint else None
+    return PlotNumbers(
+        latencies=_joined(scan.latencies),
+        total_tokens=_joined(scan.total_tokens),
+        answer_times=None if answer_times is None else np.asarray(answer_times, dtype=float),
+    )
+
+
 # ---------------------------------------------------------------- the terminal
 
 
@@ -421,217 +381,3 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(f"  failed x{failure['rows']}: {failure['cause']} (e.g. {example})")
     lines += [f"  note: {note}" for note in summary["notes"]]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- the HTML page
-
-
-@dataclass
-class _Plot:
-    caption: str
-    alt: str  # the caption and what the plot shows (or why it shows nothing)
-    png: bytes
-
-
-# A plot's drawing: fills the axes, returns what it shows in words (for the alt text).
-Draw = Callable[["Axes"], str]
-
-
-def write_html(summary: dict[str, Any], output: Path, html_path: Path) -> None:
-    """Write the report as one self-contained page: summary tables and four PNG plots inline."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ConfigError(MATPLOTLIB_MISSING) from None
-    output, checkpoint = locate(output)
-    scan = _scan_output(output)
-    answer_times = _scan_checkpoint(checkpoint).answer_times if checkpoint else None
-    latencies, tokens = _joined(scan.latencies), _joined(scan.total_tokens)
-    times = None if answer_times is None else np.asarray(answer_times, dtype=float)
-    failures = [(f["cause"], int(f["rows"])) for f in summary["failures"]]
-
-    def plot(caption: str, draw: Draw, height: float = 3.6) -> _Plot:
-        # A bare Figure, not pyplot: no global figure registry to leak into (nothing to
-        # close), no GUI backend; savefig renders PNG with Agg.
-        figure = Figure(figsize=(7.5, height), layout="constrained")
-        shows = draw(figure.add_subplot())
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-        return _Plot(caption, f"{caption}: {shows}", buffer.getvalue())
-
-    plots = [
-        plot(LATENCY, lambda ax: _draw_latency(ax, latencies, summary["latency_s"])),
-        plot(THROUGHPUT, lambda ax: _draw_throughput(ax, times)),
-        plot(TOKENS, lambda ax: _draw_tokens(ax, tokens)),
-        plot(
-            FAILURES,
-            lambda ax: _draw_failures(ax, failures),
-            height=max(2.4, 1.2 + 0.35 * min(len(failures), MAX_CAUSES_SHOWN)),
-        ),
-    ]
-    try:
-        html_path.write_text(_page(summary, plots), encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{html_path}: cannot write the report ({exc.strerror})") from None
-
-
-def _message(ax: Axes, text: str) -> str:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12)
-    ax.set_axis_off()
-    return text
-
-
-def _whole_numbers(axis: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    axis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _draw_latency(ax: Axes, latencies: Numbers, quantiles: dict[str, float] | None) -> str:
-    if len(latencies) == 0 or not quantiles:
-        return _message(ax, "no ok rows, so no latencies")
-    ax.hist(latencies, bins=40, color="#4c72b0")
-    for name, style in (("p50", "--"), ("p95", ":")):
-        value = quantiles[name]
-        ax.axvline(value, color="black", linestyle=style, label=f"{name} {value:.3f} s")
-    ax.legend()
-    ax.set_xlabel("latency_s (first submission to answer), seconds")
-    ax.set_ylabel("ok rows")
-    _whole_numbers(ax.yaxis)
-    return f"histogram of latency_s over {len(latencies):,} ok rows"
-
-
-def _draw_throughput(ax: Axes, times: Numbers | None) -> str:
-    if times is None:
-        return _message(ax, "throughput unavailable: no checkpoint beside the output")
-    if len(times) == 0:
-        return _message(ax, "no rows answered by the endpoint")
-    elapsed = times - times.min()
-    span = float(elapsed.max())
-    width = _bucket_width(span)
-    edges = np.arange(0.0, span + width, width)
-    if len(edges) < 2:
-        edges = np.array([0.0, width])
-    counts, _ = np.histogram(elapsed, bins=edges)
-    unit, scale = ("minutes", 60.0) if span > 300 else ("seconds", 1.0)
-    ax.bar(edges[:-1] / scale, counts / width, width=width / scale, align="edge", color="#55a868")
-    ax.set_xlabel(f"{unit} since the first answer ({_width_text(width)} buckets)")
-    ax.set_ylabel("ok rows / s")
-    return (
-        f"ok rows answered per second in {_width_text(width)} buckets, {len(times):,} rows "
-        f"over {span:.1f} s"
-    )
-
-
-NICE_WIDTHS = (
-    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600,
-    7200, 21600, 43200, 86400,
-)  # fmt: skip
-
-
-def _bucket_width(span: float, buckets: int = 60) -> float:
-    """A round bucket width (seconds) giving at most about `buckets` buckets over `span`."""
-    wanted = span / buckets
-    return float(next((w for w in NICE_WIDTHS if w >= wanted), wanted))
-
-
-def _width_text(seconds: float) -> str:
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
-
-
-def _draw_tokens(ax: Axes, tokens: Numbers) -> str:
-    if len(tokens) == 0:
-        return _message(ax, "no row reported token usage")
-    ax.hist(tokens, bins=40, color="#8172b2")
-    ax.set_xlabel("total_tokens per row")
-    ax.set_ylabel("rows")
-    _whole_numbers(ax.yaxis)
-    return f"histogram of total_tokens over {len(tokens):,} rows with usage"
-
-
-MAX_CAUSES_SHOWN = 15
-
-
-def _draw_failures(ax: Axes, failures: list[tuple[str, int]]) -> str:
-    if not failures:
-        return _message(ax, "no failures")
-    shown = failures
-    if len(failures) > MAX_CAUSES_SHOWN:
-        rest = failures[MAX_CAUSES_SHOWN - 1 :]
-        shown = [*failures[: MAX_CAUSES_SHOWN - 1], (f"{len(rest)} other causes", _rows(rest))]
-    # '$' would start matplotlib's mathtext; causes are arbitrary text.
-    labels = [_shorten(cause, 40).replace("$", r"\$") for cause, _ in shown]
-    bars = ax.barh(labels, [n for _, n in shown], color="#c44e52")
-    ax.bar_label(bars, padding=3)
-    ax.invert_yaxis()  # the commonest cause on top
-    ax.set_xlabel("failed rows")
-    _whole_numbers(ax.xaxis)
-    return f"{_rows(failures):,} failed rows; " + ", ".join(
-        f"{cause}: {n:,}" for cause, n in failures[:MAX_CAUSES_SHOWN]
-    )
-
-
-def _rows(failures: list[tuple[str, int]]) -> int:
-    return sum(n for _, n in failures)
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5em; }
-th, td { text-align: left; padding: 0.25em 0.8em; border-bottom: 1px solid #ddd;
-         vertical-align: top; }
-td.n { text-align: right; }
-figure { margin: 1.5em 0; }
-figcaption { font-weight: bold; margin-top: 0.3em; }
-img { max-width: 100%; }
-.note { color: #865; }
-"""
-
-
-def _page(summary: dict[str, Any], plots: list[_Plot]) -> str:
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>batchrun report: {esc(summary['output'])}</title>",
-        f"<style>{PAGE_STYLE}</style></head><body>",
-        f"<h1>batchrun report</h1><p>{esc(summary['output'])}</p>",
-        "<h2>Summary</h2>",
-        _summary_table(summary),
-        *(f'<p class="note">{esc(note)}</p>' for note in summary["notes"]),
-        f"<h2>{FAILURES}</h2>",
-        _failures_table(summary["failures"]),
-        "<h2>Plots</h2>",
-    ]
-    for plot in plots:
-        data = base64.b64encode(plot.png).decode("ascii")
-        parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{esc(plot.alt)}">'
-            f"<figcaption>{esc(plot.caption)}</figcaption></figure>"
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _summary_table(summary: dict[str, Any]) -> str:
-    rows = summary_rows(summary)
-    cells = "".join(
-        f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>"
-        for label, text in rows
-    )
-    return f"<table>{cells}</table>"
-
-
-def _failures_table(failures: list[dict[str, Any]]) -> str:
-    if not failures:
-        return "<p>No failed rows.</p>"
-    cells = "".join(
-        f'<tr><td>{html.escape(f["cause"])}</td><td class="n">{f["rows"]:,}</td>'
-        f"<td>{html.escape(f['example'])}</td></tr>"
-        for f in failures
-    )
-    return f"<table><tr><th>cause</th><th>rows</th><th>example</th></tr>{cells}</table>"

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from .budget import job_cost
 from .errors import CheckpointError
+from .job_files import checkpoint_beside
 from .lock import holder
 from .records import DONE, FAILED, FETCHED, INFLIGHT, INVALID, PENDING, POLLING
 from .store import Store
@@ -20,7 +21,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
     """A checkpoint's counts, tokens and pending ids; or an output file's status counts."""
     checkpoint = path
     if path.name.endswith(".parquet"):
-        companion = Path(str(path) + ".checkpoint.sqlite")
+        companion = checkpoint_beside(path)
         if not companion.exists():
             return _output_status(path)
         checkpoint = companion

@@ -26,7 +26,8 @@ from click.testing import CliRunner
 from batchrun.cli import main
 from batchrun.errors import ConfigError
 from batchrun.mock_server import MockServer, MockSettings
-from batchrun.report import error_cause, format_report, summarize, write_html
+from batchrun.report import error_cause, format_report, summarize
+from batchrun.report_html import write_html
 from batchrun.results import output_schema
 from batchrun.store import Store
 

@@ -11,12 +11,12 @@ import gc
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .cli_options import run_options
 from .config import build_config, load_toml, parse_param
 from .errors import EXIT_USAGE, BatchrunError, ConfigError
 
@@ -42,176 +42,9 @@ def main() -> None:
     rate-limited and resumable."""
 
 
-def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option(
-            "-o", "--output", help="Result Parquet file (required, here or in the config)."
-        ),
-        click.option(
-            "-c",
-            "--config",
-            "config_path",
-            type=click.Path(dir_okay=False),
-            help="TOML config file.",
-        ),
-        click.option(
-            "--base-url", help="Endpoint base, ending before /chat/completions. [default: NVIDIA]"
-        ),
-        click.option("--model", help="Model name. [default: qwen/qwen3.5-397b-a17b]"),
-        click.option(
-            "--api-key-env",
-            help="Environment variable holding the API key. [default: NVIDIA_API_KEY]",
-        ),
-        click.option(
-            "--rpm", type=int, help="Max requests started in any 60 s window. [default: 40]"
-        ),
-        click.option(
-            "--tpm",
-            type=int,
-            help="Max tokens per 60 s (estimated, corrected by usage). [default: off]",
-        ),
-        click.option(
-            "--concurrency",
-            type=int,
-            help="Max requests in flight (202 polls not counted). [default: 16]",
-        ),
-        click.option(
-            "--max-attempts", type=int, help="Tries per row for retryable failures. [default: 6]"
-        ),
-        click.option("--timeout", type=float, help="Seconds per HTTP call. [default: 600]"),
-        click.option(
-            "--hold-seconds", type=int, help="NVCF-POLL-SECONDS on submits and polls. [default: 30]"
-        ),
-        click.option(
-            "--max-pending", type=int, help="Max request ids awaiting their result. [default: 256]"
-        ),
-        click.option(
-            "--status-url",
-            help="Where 202 results are polled. [default: {base_url}/status/{request_id}]",
-        ),
-        click.option(
-            "--stream/--no-stream", default=None, help="SSE streaming. [default: no-stream]"
-        ),
-        click.option(
-            "--thinking/--no-thinking",
-            default=None,
-            help="chat_template_kwargs.enable_thinking. [default: thinking]",
-        ),
-        click.option(
-            "-p",
-            "--param",
-            "params",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Request body field; VALUE parsed as JSON if it parses; null removes a default.",
-        ),
-        click.option("--checkpoint", help="SQLite checkpoint. [default: OUTPUT.checkpoint.sqlite]"),
-        click.option(
-            "--fresh",
-            is_flag=True,
-            default=None,
-            help="Discard an existing checkpoint and start over.",
-        ),
-        click.option(
-            "--retry-failed", is_flag=True, default=None, help="On resume, try failed rows again."
-        ),
-        click.option("--limit", type=int, help="First N rows only."),
-        click.option(
-            "--dry-run", is_flag=True, default=None, help="Validate and count; send nothing."
-        ),
-        click.option(
-            "--progress/--no-progress",
-            default=None,
-            help="Progress bar on stderr. [default: when stderr is a TTY]",
-        ),
-        click.option(
-            "--grace",
-            type=float,
-            help="Seconds to let in-flight work finish after Ctrl-C. [default: 30]",
-        ),
-        click.option(
-            "--tools",
-            "tools_file",
-            type=click.Path(dir_okay=False),
-            help="JSON file of OpenAI tool definitions sent with every row.",
-        ),
-        click.option(
-            "--output-format",
-            type=click.Choice(["parquet", "openai-jsonl", "both"]),
-            help="parquet, openai-jsonl (OpenAI Batch API output lines), or both. "
-            "[default: parquet]",
-        ),
-        click.option(
-            "--log-json",
-            type=click.Path(dir_okay=False),
-            help="Append one JSON event per line here (rows, retries, 429 pauses, totals).",
-        ),
-        click.option(
-            "--reuse",
-            type=click.Path(dir_okay=False),
-            help="An earlier checkpoint or output: identical requests are answered from it.",
-        ),
-        click.option(
-            "--offline",
-            is_flag=True,
-            default=None,
-            help="Send nothing: rows without a reused or stored answer fail (not in cache).",
-        ),
-        click.option(
-            "--max-cost",
-            type=float,
-            metavar="USD",
-            help="Stop (resumable) before spending past this; needs [pricing] in the config.",
-        ),
-        click.option(
-            "--parse-json",
-            is_flag=True,
-            default=None,
-            help="Parse each answer's JSON (a ```json fence is fine) into a `parsed` column.",
-        ),
-        click.option(
-            "--extract",
-            metavar="A,B,...",
-            help="Top-level fields of the answer's JSON, each as a typed column of its own.",
-        ),
-        click.option(
-            "--engine",
-            type=click.Choice(["local", "ray"]),
-            help="Run here, or on a Ray cluster (batchrun[ray] extra). [default: local]",
-        ),
-        click.option(
-            "--ray-address",
-            metavar="ADDR|local",
-            help="Ray cluster to use (HOST:PORT), or local for a private one. [default: local]",
-        ),
-        click.option(
-            "--workers",
-            type=int,
-            help="Ray workers, each with its share of the limits. [default: 2]",
-        ),
-        click.option(
-            "--max-failures",
-            metavar="N|N%",
-            help="Stop (resumable, exit 1) once N rows, or N% of the rows finished, failed.",
-        ),
-        click.option(
-            "--allow-insecure-http",
-            is_flag=True,
-            default=None,
-            help="Allow the key over plain http to a non-loopback host.",
-        ),
-        click.option(
-            "-v", "--verbose", count=True, help="-v: info, -vv: debug (never logs the key)."
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
 @main.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, type=click.Path())
-@_run_options
+@run_options
 def run(
     inputs: tuple[str, ...],
     config_path: str | None,
@@ -244,7 +77,7 @@ def run(
         sys.exit(130)
     click.echo(format_summary(result), err=True)
     # Everything alive now lives until exit: frozen, the interpreter's last collection
-    # skips it (about 0.1 s with pyarrow and pandas loaded).
+    # skips it (with pyarrow and pandas loaded, that is most of the heap).
     gc.freeze()
     sys.exit(result.exit_code)
 
@@ -279,7 +112,7 @@ def status(path: str, as_json: bool, ids: int) -> None:
     """Where a job stands: counts, tokens, pending request ids.
 
     PATH is a checkpoint, or an output file (its checkpoint is found beside it)."""
-    from .inspect import format_status, job_status
+    from .status import format_status, job_status
 
     try:
         info = job_status(Path(path), ids=ids)
@@ -301,15 +134,15 @@ def status(path: str, as_json: bool, ids: int) -> None:
 )
 def export(checkpoint: str, output: str, output_format: str) -> None:
     """Write the results in CHECKPOINT to OUTPUT, even while the job runs."""
+    from .checkpoint import open_reader
     from .results import write_outputs
-    from .store import Store
 
     try:
-        store = Store.open(Path(checkpoint))
+        reader = open_reader(Path(checkpoint))
         try:
-            paths, _ = write_outputs(store, Path(output), output_format)
+            paths, _ = write_outputs(reader, Path(output), output_format)
         finally:
-            store.close()
+            reader.close()
     except BatchrunError as exc:
         _fail(exc)
     click.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
@@ -329,7 +162,8 @@ def report(output: str, html_path: str | None, as_json: bool) -> None:
 
     OUTPUT is an output Parquet file (its checkpoint is read too when it is beside it), or a
     checkpoint whose output file can be found."""
-    from .report import format_report, summarize, write_html
+    from .report import format_report, summarize
+    from .report_html import write_html
 
     try:
         summary = summarize(Path(output))

@@ -1,9 +1,12 @@
-"""Run settings: defaults, the TOML config file, CLI overrides, validation, fingerprint.
+"""Run settings: RunConfig and its defaults, config files, CLI overrides, the fingerprint.
 
 Precedence is CLI flag > config file > the defaults below. Every `run` option has the same
 name as a config key (dashes become underscores); request body fields go under `[params]`.
-This module is pure: it reads the config file and nothing else, and it never reads the API
-key (see `read_api_key`, the one place that does, which returns it without storing it).
+`build_config` merges the sources, checks each value with its key's checker
+(`config_keys.py`), then checks the settings against each other. Besides config files (and,
+through `config_keys`, a `--tools` file) this module reads only the API key, in one place:
+`read_api_key`, which returns it without storing it. Which URLs may receive the key is
+decided in `urls.py`.
 """
 
 from __future__ import annotations
@@ -11,18 +14,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import ipaddress
 import json
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .config_keys import VALIDATORS, load_tools_file, request_params
 from .errors import AuthError, ConfigError
+from .urls import is_nvidia_host, sends_key_in_clear
 
+CHECKPOINT_SUFFIX = ".checkpoint.sqlite"  # the default checkpoint is OUTPUT + this
 NVIDIA_BASE_URL = "https://integrate.api.nvidia.com/v1"
 NVIDIA_MODEL = "qwen/qwen3.5-397b-a17b"
 DEFAULT_STATUS_URL = "{base_url}/status/{request_id}"
@@ -102,7 +107,7 @@ class RunConfig:
     def checkpoint_path(self) -> Path:
         if self.checkpoint:
             return Path(self.checkpoint)
-        return Path(self.output + ".checkpoint.sqlite")
+        return Path(self.output + CHECKPOINT_SUFFIX)
 
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
@@ -197,86 +202,6 @@ def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     return changed
 
 
-# ---------------------------------------------------------------- validation
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if not _is_int(value) or value < 1:
-        raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-def _optional_positive_int(key: str, value: Any) -> int | None:
-    if value is None or value == 0:
-        return None
-    return _positive_int(key, value)
-
-
-def _optional_limit(key: str, value: Any) -> int | None:
-    return None if value is None else _positive_int(key, value)
-
-
-def _pricing(key: str, value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping) or not set(value) <= {"prompt", "completion"} or not value:
-        raise ConfigError(f"{key} must be a table with prompt and completion (USD per 1M tokens)")
-    for name, price in value.items():
-        if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
-            raise ConfigError(f"{key}.{name} must be a price >= 0 (USD per 1M tokens)")
-    return {name: float(price) for name, price in value.items()}
-
-
-def _optional_positive_float(key: str, value: Any) -> float | None:
-    return None if value is None else _positive_float(key, value)
-
-
-def _field_list(key: str, value: Any) -> tuple[str, ...]:
-    """Field names: a list, or a comma-separated string (`--extract label,score`)."""
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list | tuple) or not value:
-        raise ConfigError(f"{key} must name at least one field, e.g. label,score")
-    if not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{key} must be field names, got {value!r}")
-    return tuple(value)
-
-
-def _engine(key: str, value: Any) -> str:
-    if value not in ("local", "ray"):
-        raise ConfigError(f"{key} must be local or ray, got {value!r}")
-    return str(value)
-
-
-def _output_format(key: str, value: Any) -> str:
-    allowed = ("parquet", "openai-jsonl", "both")
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-    return str(value)
-
-
-def _failure_budget(key: str, value: Any) -> str | None:
-    """`N` (rows) or `N%` (of the rows finished this run); an int N is taken as rows."""
-    if value is None:
-        return None
-    text = str(value).strip() if not isinstance(value, bool) else ""
-    number = text[:-1] if text.endswith("%") else text
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1.0
-    whole = number.isdigit()
-    if text.endswith("%") and 0 < amount <= 100:
-        return text
-    if not text.endswith("%") and whole and amount >= 1:
-        return text
-    raise ConfigError(
-        f"{key} must be a number of rows (e.g. 50) or a percentage (e.g. 5%), got {value!r}"
-    )
-
-
 def failure_budget(spec: str | None) -> tuple[int | None, float | None]:
     """(rows, percent) from a validated `max_failures` value."""
     if spec is None:
@@ -286,234 +211,28 @@ def failure_budget(spec: str | None) -> tuple[int | None, float | None]:
     return int(spec), None
 
 
-def _positive_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{key} must be a number > 0, got {value!r}")
-    return float(value)
+CONFIG_KEYS = frozenset(VALIDATORS)
 
 
-def _non_negative_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return value
-
-
-def _optional_bool(key: str, value: Any) -> bool | None:
-    return None if value is None else _bool(key, value)
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _optional_string(key: str, value: Any) -> str | None:
-    return None if value is None else _string(key, value)
-
-
-def _http_url(key: str, value: Any) -> str:
-    url = _string(key, value)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{key} must be an http:// or https:// URL, got {url!r}")
-    return url.rstrip("/")
-
-
-def _status_template(key: str, value: Any) -> str:
-    template = _string(key, value)
-    if "{request_id}" not in template:
-        raise ConfigError(f"{key} must contain {{request_id}}, got {template!r}")
+def read_toml(path: Path, kind: str) -> dict[str, Any]:
+    """A TOML file's top-level table, for config and sweep files alike. A missing,
+    unreadable or malformed file is a ConfigError naming it; `kind` ("config", "sweep")
+    says which file was not found. Checking the keys is the caller's business."""
     try:
-        filled = template.format(base_url="http://x", origin="http://x", request_id="id")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"{key}: only {{base_url}}, {{origin}} and {{request_id}} may be used, got {template!r}"
-        ) from exc
-    _http_url(key, filled)
-    return template
-
-
-def _url_template(key: str, value: Any) -> str:
-    template = _string(key, value)
-    try:
-        filled = template.format(base_url="http://x", origin="http://x")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"{key}: only {{base_url}} and {{origin}} may be used, got {template!r}"
-        ) from exc
-    _http_url(key, filled)
-    return template
-
-
-def _hold(key: str, value: Any) -> int:
-    # NVCF rejects NVCF-POLL-SECONDS above 3600 with a 400 (PROTOCOL.md 2.1).
-    if not _is_int(value) or not 1 <= value <= 3600:
-        raise ConfigError(f"{key} must be a whole number of seconds from 1 to 3600, got {value!r}")
-    return int(value)
-
-
-def _rpm(key: str, value: Any) -> int:
-    """Requests per minute; 0 means no limit (a local server that needs none)."""
-    if not _is_int(value) or value < 0:
-        raise ConfigError(
-            f"{key} must be a whole number of requests per minute (0: no limit), got {value!r}"
-        )
-    return int(value)
-
-
-def _inputs(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple) or not value:
-        raise ConfigError(f"{key} must be a list of paths, got {value!r}")
-    return tuple(_string(key, v) for v in value)
-
-
-def _names(key: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{key} must be a list of field names, got {value!r}")
-    if "model" in value or "messages" in value:
-        raise ConfigError(f"{key} cannot drop model or messages")
-    return tuple(value)
-
-
-def _tools(key: str, value: Any) -> tuple[Mapping[str, Any], ...]:
-    """OpenAI tool definitions: a list of {"type": "function", "function": {"name": ...}}."""
-    if isinstance(value, Mapping) and "tools" in value:
-        value = value["tools"]  # a file holding {"tools": [...], ...}
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{key} must be a non-empty list of tool definitions, got {value!r:.80}")
-    for n, tool in enumerate(value):
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if not isinstance(tool, Mapping) or tool.get("type", "function") != "function":
-            raise ConfigError(f'{key}[{n}] must be an object with "type": "function"')
-        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-            raise ConfigError(f"{key}[{n}].function.name must be a string")
-    return tuple(value)
-
-
-def _tool_choice(key: str, value: Any) -> str | Mapping[str, Any]:
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, Mapping) and value:
-        return value
-    raise ConfigError(f'{key} must be "auto", "none", "required" or a table naming a function')
-
-
-def _response_format(key: str, value: Any) -> Mapping[str, Any]:
-    kinds = ("text", "json_object", "json_schema")
-    if not isinstance(value, Mapping) or value.get("type") not in kinds:
-        raise ConfigError(f"{key} must be a table whose type is one of {', '.join(kinds)}")
-    if value["type"] == "json_schema" and not isinstance(value.get("json_schema"), Mapping):
-        raise ConfigError(f"{key}: type json_schema needs a json_schema table")
-    return value
-
-
-def _template(key: str, value: Any) -> str:
-    from .templates import Template  # parsing checks the placeholders now, not per row
-
-    Template(_string(key, value), key)
-    return str(value)
-
-
-def load_tools_file(key: str, path: str) -> tuple[Mapping[str, Any], ...]:
-    try:
-        value = json.loads(Path(path).read_text())
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"{key}: {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{key}: cannot read {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{key}: {path} is not JSON ({exc.msg}, line {exc.lineno})") from None
-    return _tools(f"{key} ({path})", value)
-
-
-def _params(key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be a table of request body fields, got {value!r}")
-    for name in value:
-        if name in ("messages",):
-            raise ConfigError(
-                f"{key}.{name} cannot be set for the whole job; it comes from each row"
-            )
-    return dict(value)
-
-
-_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
-    "inputs": _inputs,
-    "output": _string,
-    "base_url": _http_url,
-    "model": _string,
-    "api_key_env": _string,
-    "rpm": _rpm,
-    "tpm": _optional_positive_int,
-    "concurrency": _positive_int,
-    "max_attempts": _positive_int,
-    "timeout": _positive_float,
-    "hold_seconds": _hold,
-    "max_pending": _positive_int,
-    "status_url": _status_template,
-    "status_url_fallback": _status_template,
-    "assets_url": _url_template,
-    "asset_upload": _optional_bool,
-    "stream": _bool,
-    "thinking": _bool,
-    "params": _params,
-    "drop_params": _names,
-    "tools": _tools,
-    "tools_file": _optional_string,
-    "tool_choice": _tool_choice,
-    "response_format": _response_format,
-    "prompt_template": _template,
-    "system_prompt": _template,
-    "checkpoint": _optional_string,
-    "fresh": _bool,
-    "retry_failed": _bool,
-    "limit": _optional_limit,
-    "dry_run": _bool,
-    "progress": _optional_bool,
-    "grace": _non_negative_float,
-    "max_failures": _failure_budget,
-    "engine": _engine,
-    "ray_address": _optional_string,
-    "workers": _positive_int,
-    "output_format": _output_format,
-    "parse_json": _bool,
-    "reuse": _optional_string,
-    "log_json": _optional_string,
-    "offline": _bool,
-    "pricing": _pricing,
-    "max_cost": _optional_positive_float,
-    "extract": _field_list,
-    "allow_insecure_http": _bool,
-    "min_poll_interval": _non_negative_float,
-    "max_poll_time": _positive_float,
-    "max_pause": _non_negative_float,
-    "backoff_base": _non_negative_float,
-    "backoff_max": _non_negative_float,
-}
-CONFIG_KEYS = frozenset(_VALIDATORS)
+        raise ConfigError(f"{kind} file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a config file; syntax errors and unknown keys name the file and the key."""
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    data = read_toml(path, "config")
     for key in data:
         if key not in CONFIG_KEYS:
             raise ConfigError(f"{path}: unknown key {key!r}{_did_you_mean(key)}")
@@ -557,14 +276,15 @@ def build_config(
             if where == "command line" and value is None:
                 continue
             if key == "params":  # merged across sources, so checked before merging
-                value = _params(key if where == "command line" else f"{where}: {key}", value)
+                label = key if where == "command line" else f"{where}: {key}"
+                value = request_params(label, value)
                 value = {**merged.get("params", {}), **value}
             merged[key] = value
             origin[key] = where
     checked: dict[str, Any] = {}
     for key, value in merged.items():
         label = key if origin[key] == "command line" else f"{origin[key]}: {key}"
-        checked[key] = _VALIDATORS[key](label, value)
+        checked[key] = VALIDATORS[key](label, value)
     if checked.get("tools_file"):
         if checked.get("tools"):
             raise ConfigError("give tools or tools_file (--tools), not both")
@@ -586,8 +306,6 @@ def _check_consistency(cfg: RunConfig) -> None:
         )
     if cfg.max_cost is not None and "max_tokens" not in cfg.body_template():
         raise ConfigError("max_cost needs max_tokens: it bounds what each request may cost")
-    if cfg.engine == "ray" and cfg.max_cost is not None:
-        raise ConfigError("max_cost is not enforced across a Ray cluster yet: use --engine local")
     if cfg.max_cost is not None and not cfg.pricing:
         raise ConfigError("max_cost needs prices: add a [pricing] table (prompt, completion)")
 
@@ -605,21 +323,7 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key, value
 
 
-# ---------------------------------------------------------------- the key and its transport
-
-
-def is_nvidia_host(host: str) -> bool:
-    return host == "nvidia.com" or host.endswith(".nvidia.com")
-
-
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# ---------------------------------------------------------------- the key
 
 
 def read_api_key(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> str | None:
@@ -638,8 +342,7 @@ def read_api_key(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> st
                 f"(or name another one with --api-key-env)"
             )
         return None
-    insecure = urlsplit(cfg.base_url).scheme == "http" and not is_loopback(cfg.base_url)
-    if insecure and not cfg.allow_insecure_http:
+    if sends_key_in_clear(cfg.base_url) and not cfg.allow_insecure_http:
         raise ConfigError(
             f"refusing to send the key in {cfg.api_key_env} over plain http to {host}; "
             "use https, or pass --allow-insecure-http if this network is trusted"

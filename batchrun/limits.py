@@ -5,9 +5,10 @@ time that keeps every limit and returns it, never blocking. That is what a share
 service needs (a Ray actor can hold a RateWindow and hand out start times), and it makes the
 sliding-window property testable without sleeping. `RateLimiter` is the asyncio wrapper.
 
-Why not aiolimiter alone: its leaky bucket admits up to `max_rate` at once and then drains at
-the full rate, so `AsyncLimiter(rpm, 60)` lets nearly 2 x rpm through one 60 s window, and it
-cannot change its rate after a 429 or give tokens back once real usage is known. Here:
+Why not a plain leaky bucket (aiolimiter's `AsyncLimiter`, say): it admits up to `max_rate`
+at once and then drains at the full rate, so `AsyncLimiter(rpm, 60)` lets nearly 2 x rpm
+through one 60 s window, and it cannot change its rate after a 429 or give tokens back once
+real usage is known. Here:
 - a sliding log of the last `rpm` start times: a start at t is booked only if fewer than
   `rpm` starts fall in (t - 60 s, t], so the limit holds in *every* window;
 - a token log (time, tokens) for `tpm`: booked with an estimate, corrected by `settle`;

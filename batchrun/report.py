@@ -1,11 +1,11 @@
-"""`batchrun report`: what a job amounts to, for the terminal or as one web page.
+"""`batchrun report`: what a job amounts to, as figures and as text for the terminal.
 
-This module owns the report: the figures read back from an output Parquet file (rows by
-status, tokens, cost, latency and ttft percentiles, attempts, failures by cause, parse
-errors, reused rows) and from the checkpoint beside it when there is one (answer times for
-throughput, failure causes as the runner classified them, prices, model); and the two ways
-of showing them: plain text, and a self-contained HTML page whose four matplotlib plots are
-inlined as PNG data URLs.
+This module owns the report's summary: the figures read back from an output Parquet file
+(rows by status, tokens, cost, latency and ttft percentiles, attempts, failures by cause,
+parse errors, reused rows) and from the checkpoint beside it when there is one (answer times
+for throughput, failure causes as the runner classified them, prices, model); the plain text
+that shows them; and the per-row numbers the plots need. The HTML page with its matplotlib
+plots is `report_html.py`'s; finding the output and checkpoint is checkpoint/locate.py's.
 
 Outputs can hold millions of rows, so the output is read in record batches, only the columns
 needed, and per row only numbers are kept (latencies, token counts, answer times); error
@@ -14,13 +14,10 @@ texts are looked at batch by batch and only counts and one example per cause are
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import re
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,21 +28,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .budget import Pricing
+from .budget import job_cost
+from .checkpoint import Totals, locate_job, open_reader
 from .errors import ConfigError
-from .records import DONE, FAILED, INVALID
-from .store import Store
+from .lifecycle import RowState
+from .stats import quantiles
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-    from matplotlib.axes import Axes
-
     Column: TypeAlias = pa.Array[Any]
     Numbers: TypeAlias = np.ndarray[Any, np.dtype[np.float64]]
 
-CHECKPOINT_SUFFIX = ".checkpoint.sqlite"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 NEEDED_COLUMNS = (
     "status", "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "total_tokens",
     "attempts", "error", "reused",
@@ -58,64 +52,6 @@ HTTP_CAUSE = re.compile(r"^(HTTP \d{3})\b")
 LABEL_WIDTH = len("parse errors")  # the longest label: one layout whatever rows show
 EXAMPLE_CHARS = 120  # of an error example on the terminal (the HTML page shows it whole)
 
-# Captions of the four plots, in page order.
-LATENCY = "Latency distribution"
-THROUGHPUT = "Throughput over time"
-TOKENS = "Tokens per row"
-FAILURES = "Failures by cause"
-MATPLOTLIB_MISSING = "--html needs matplotlib: pip install 'batchrun[report]'"
-
-
-# ---------------------------------------------------------------- finding the files
-
-
-def locate(path: Path) -> tuple[Path, Path | None]:
-    """The output Parquet file and its checkpoint (None when there is none beside it).
-
-    `path` is the output, or a checkpoint whose output can be found (beside it, or where
-    its settings say it was written)."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    if _is_parquet(path):
-        beside = Path(str(path) + CHECKPOINT_SUFFIX)
-        return path, beside if beside.is_file() else None
-    if not _starts_with(path, SQLITE_MAGIC):
-        raise ConfigError(f"{path}: neither a batchrun output (Parquet) nor a batchrun checkpoint")
-    store = Store.open(path)  # another SQLite file, or a newer schema: its own clear error
-    try:
-        settings = store.get_json("settings", {}) or {}
-    finally:
-        store.close()
-    return _output_of(path, settings), path
-
-
-def _is_parquet(path: Path) -> bool:
-    return _starts_with(path, b"PAR1")
-
-
-def _starts_with(path: Path, magic: bytes) -> bool:
-    try:
-        with path.open("rb") as fh:
-            return fh.read(len(magic)) == magic
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _output_of(checkpoint: Path, settings: dict[str, Any]) -> Path:
-    candidates = []
-    if checkpoint.name.endswith(CHECKPOINT_SUFFIX):
-        candidates.append(checkpoint.with_name(checkpoint.name[: -len(CHECKPOINT_SUFFIX)]))
-    if settings.get("output"):
-        candidates.append(Path(settings["output"]))
-    for candidate in candidates:
-        if candidate.is_file() and _is_parquet(candidate):
-            return candidate
-    raise ConfigError(
-        f"{checkpoint} is a checkpoint; the report reads its output Parquet file, which is not "
-        f"there. Write one with `batchrun export {checkpoint} -o OUTPUT.parquet` and report "
-        "on that."
-    )
-
 
 # ---------------------------------------------------------------- reading the output
 
@@ -125,8 +61,8 @@ class _OutputScan:
     """Per-batch sums of the output's columns, plus the per-row numbers the plots need."""
 
     statuses: Counter[str] = field(default_factory=Counter)
+    # Token sums by column; `bought_*` leaves out reused rows.
     tokens: Counter[str] = field(default_factory=Counter)
-    bought: Counter[str] = field(default_factory=Counter)  # tokens of rows not reused
     ok_without_usage: int = 0
     latencies: list[Numbers] = field(default_factory=list)  # of ok rows
     ttfts: list[Numbers] = field(default_factory=list)  # of ok rows
@@ -139,6 +75,13 @@ class _OutputScan:
     examples: dict[str, str] = field(default_factory=dict)
     parse_errors: int | None = None
     reused: int = 0
+
+    def bought(self) -> Totals:
+        """What the output says was paid for (rows answered by --reuse cost nothing)."""
+        return Totals(
+            bought_prompt_tokens=self.tokens["bought_prompt_tokens"],
+            bought_completion_tokens=self.tokens["bought_completion_tokens"],
+        )
 
     def add(self, batch: pa.RecordBatch) -> None:
         status = batch.column("status")
@@ -164,7 +107,7 @@ class _OutputScan:
         bought = pc.invert(reused)
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
             self.tokens[name] += _sum(batch.column(name))
-            self.bought[name] += _sum(pc.filter(batch.column(name), bought))
+            self.tokens[f"bought_{name}"] += _sum(pc.filter(batch.column(name), bought))
         self.ok_without_usage += pc.filter(batch.column("total_tokens"), ok).null_count
 
     def _add_attempts(self, attempts: Column) -> None:
@@ -242,21 +185,25 @@ class _CheckpointScan:
 
 
 def _scan_checkpoint(path: Path) -> _CheckpointScan:
-    store = Store.open(path)
+    reader = open_reader(path)
     try:
-        scan = _CheckpointScan(path, store.get_json("settings", {}) or {}, store.counts())
-        for page in store.timeline():
+        counts = {str(state): n for state, n in reader.counts().items()}
+        scan = _CheckpointScan(path, reader.get_json("settings", {}) or {}, counts)
+        for page in reader.timeline():
             failures = []
-            for finished_at, state, cause, reused, error in page:
+            rows = zip(
+                page.finished_at, page.state, page.cause, page.reused, page.error, strict=True
+            )
+            for finished_at, state, cause, reused, error in rows:
                 # Reused rows were answered all at once, from another job: not throughput.
-                if state == DONE and finished_at is not None and not reused:
+                if state is RowState.DONE and finished_at is not None and not reused:
                     scan.answer_times.append(finished_at)
-                elif state == FAILED:
+                elif state is RowState.FAILED:
                     failures.append((cause or error_cause(error), error))
             _count_causes(failures, scan.causes, scan.examples)
         return scan
     finally:
-        store.close()
+        reader.close()
 
 
 # ---------------------------------------------------------------- the summary
@@ -264,7 +211,7 @@ def _scan_checkpoint(path: Path) -> _CheckpointScan:
 
 def summarize(output: Path) -> dict[str, Any]:
     """The report's figures as plain data (what `--json` prints)."""
-    output, checkpoint = locate(output)
+    output, checkpoint = locate_job(output)
     scan = _scan_output(output)
     job = _scan_checkpoint(checkpoint) if checkpoint else None
     settings = job.settings if job else {}
@@ -282,9 +229,10 @@ def summarize(output: Path) -> dict[str, Any]:
             "total": scan.tokens["total_tokens"],
             "ok_rows_without_usage": scan.ok_without_usage,
         },
-        "cost_usd": _cost(settings, scan),
-        "latency_s": _quantiles(scan.latencies, LATENCY_QUANTILES, with_max=True),
-        "ttft_s": _quantiles(scan.ttfts, TTFT_QUANTILES, with_max=False),
+        # What the rows bought cost (reused rows cost nothing), when the job had prices.
+        "cost_usd": job_cost(settings.get("pricing"), scan.bought()),
+        "latency_s": _latency_figures(_joined(scan.latencies)),
+        "ttft_s": quantiles(_joined(scan.ttfts), TTFT_QUANTILES),
         "attempts": {
             "requests_sent": scan.requests_sent,
             "mean_per_row_sent": scan.requests_sent / scan.rows_sent if scan.rows_sent else None,
@@ -303,24 +251,10 @@ def summarize(output: Path) -> dict[str, Any]:
     }
 
 
-def _cost(settings: dict[str, Any], scan: _OutputScan) -> float | None:
-    """What the rows bought cost (reused rows cost nothing), when the job had prices."""
-    pricing = Pricing.from_config(settings.get("pricing"))
-    if pricing is None:
-        return None
-    return pricing.cost(scan.bought["prompt_tokens"], scan.bought["completion_tokens"])
-
-
-def _quantiles(
-    chunks: list[Numbers], quantiles: dict[str, float], *, with_max: bool
-) -> dict[str, float] | None:
-    values = _joined(chunks)
-    if len(values) == 0:
-        return None
-    found = np.quantile(values, list(quantiles.values()))
-    figures = {name: float(v) for name, v in zip(quantiles, found, strict=True)}
-    if with_max:
-        figures["max"] = float(values.max())
+def _latency_figures(latencies: Numbers) -> dict[str, float] | None:
+    figures = quantiles(latencies, LATENCY_QUANTILES)
+    if figures is not None:
+        figures["max"] = float(latencies.max())
     return figures
 
 
@@ -345,16 +279,41 @@ def _notes(scan: _OutputScan, job: _CheckpointScan | None) -> list[str]:
             "are read from the error texts"
         ]
     notes = []
-    finished = {"ok": DONE, "failed": FAILED, "invalid": INVALID}
+    finished = {"ok": RowState.DONE, "failed": RowState.FAILED, "invalid": RowState.INVALID}
     if any(scan.statuses.get(s, 0) != job.counts.get(state, 0) for s, state in finished.items()):
         notes.append(
             f"the checkpoint has moved on since the output was written (it has "
-            f"{job.counts.get(DONE, 0)} ok, {job.counts.get(FAILED, 0)} failed rows): "
+            f"{job.counts.get(RowState.DONE, 0)} ok, {job.counts.get(RowState.FAILED, 0)} "
+            "failed rows): "
             f"`batchrun export {job.path} -o ...` writes a current output"
         )
     if scan.reused:
         notes.append("throughput counts only rows answered by the endpoint, not reused ones")
     return notes
+
+
+# ---------------------------------------------------------------- the plots' numbers
+
+
+@dataclass
+class PlotNumbers:
+    """The per-row numbers behind the HTML page's plots (the summary keeps only figures)."""
+
+    latencies: Numbers  # of ok rows
+    total_tokens: Numbers  # of rows with usage
+    answer_times: Numbers | None  # of rows the endpoint answered; None without a checkpoint
+
+
+def plot_numbers(output: Path) -> PlotNumbers:
+    """Read the output (and its checkpoint) again, for `report_html.write_html`."""
+    output, checkpoint = locate_job(output)
+    scan = _scan_output(output)
+    answer_times = _scan_checkpoint(checkpoint).answer_times if checkpoint else None
+    return PlotNumbers(
+        latencies=_joined(scan.latencies),
+        total_tokens=_joined(scan.total_tokens),
+        answer_times=None if answer_times is None else np.asarray(answer_times, dtype=float),
+    )
 
 
 # ---------------------------------------------------------------- the terminal
@@ -433,217 +392,3 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(f"  failed x{failure['rows']}: {failure['cause']} (e.g. {example})")
     lines += [f"  note: {note}" for note in summary["notes"]]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- the HTML page
-
-
-@dataclass
-class _Plot:
-    caption: str
-    alt: str  # the caption and what the plot shows (or why it shows nothing)
-    png: bytes
-
-
-# A plot's drawing: fills the axes, returns what it shows in words (for the alt text).
-Draw = Callable[["Axes"], str]
-
-
-def write_html(summary: dict[str, Any], output: Path, html_path: Path) -> None:
-    """Write the report as one self-contained page: summary tables and four PNG plots inline."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ConfigError(MATPLOTLIB_MISSING) from None
-    output, checkpoint = locate(output)
-    scan = _scan_output(output)
-    answer_times = _scan_checkpoint(checkpoint).answer_times if checkpoint else None
-    latencies, tokens = _joined(scan.latencies), _joined(scan.total_tokens)
-    times = None if answer_times is None else np.asarray(answer_times, dtype=float)
-    failures = [(f["cause"], int(f["rows"])) for f in summary["failures"]]
-
-    def plot(caption: str, draw: Draw, height: float = 3.6) -> _Plot:
-        # A bare Figure, not pyplot: no global figure registry to leak into (nothing to
-        # close), no GUI backend; savefig renders PNG with Agg.
-        figure = Figure(figsize=(7.5, height), layout="constrained")
-        shows = draw(figure.add_subplot())
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-        return _Plot(caption, f"{caption}: {shows}", buffer.getvalue())
-
-    plots = [
-        plot(LATENCY, lambda ax: _draw_latency(ax, latencies, summary["latency_s"])),
-        plot(THROUGHPUT, lambda ax: _draw_throughput(ax, times)),
-        plot(TOKENS, lambda ax: _draw_tokens(ax, tokens)),
-        plot(
-            FAILURES,
-            lambda ax: _draw_failures(ax, failures),
-            height=max(2.4, 1.2 + 0.35 * min(len(failures), MAX_CAUSES_SHOWN)),
-        ),
-    ]
-    try:
-        html_path.write_text(_page(summary, plots), encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{html_path}: cannot write the report ({exc.strerror})") from None
-
-
-def _message(ax: Axes, text: str) -> str:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12)
-    ax.set_axis_off()
-    return text
-
-
-def _whole_numbers(axis: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    axis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _draw_latency(ax: Axes, latencies: Numbers, quantiles: dict[str, float] | None) -> str:
-    if len(latencies) == 0 or not quantiles:
-        return _message(ax, "no ok rows, so no latencies")
-    ax.hist(latencies, bins=40, color="#4c72b0")
-    for name, style in (("p50", "--"), ("p95", ":")):
-        value = quantiles[name]
-        ax.axvline(value, color="black", linestyle=style, label=f"{name} {value:.3f} s")
-    ax.legend()
-    ax.set_xlabel("latency_s (first submission to answer), seconds")
-    ax.set_ylabel("ok rows")
-    _whole_numbers(ax.yaxis)
-    return f"histogram of latency_s over {len(latencies):,} ok rows"
-
-
-def _draw_throughput(ax: Axes, times: Numbers | None) -> str:
-    if times is None:
-        return _message(ax, "throughput unavailable: no checkpoint beside the output")
-    if len(times) == 0:
-        return _message(ax, "no rows answered by the endpoint")
-    elapsed = times - times.min()
-    span = float(elapsed.max())
-    width = _bucket_width(span)
-    edges = np.arange(0.0, span + width, width)
-    if len(edges) < 2:
-        edges = np.array([0.0, width])
-    counts, _ = np.histogram(elapsed, bins=edges)
-    unit, scale = ("minutes", 60.0) if span > 300 else ("seconds", 1.0)
-    ax.bar(edges[:-1] / scale, counts / width, width=width / scale, align="edge", color="#55a868")
-    ax.set_xlabel(f"{unit} since the first answer ({_width_text(width)} buckets)")
-    ax.set_ylabel("ok rows / s")
-    return (
-        f"ok rows answered per second in {_width_text(width)} buckets, {len(times):,} rows "
-        f"over {span:.1f} s"
-    )
-
-
-NICE_WIDTHS = (
-    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600,
-    7200, 21600, 43200, 86400,
-)  # fmt: skip
-
-
-def _bucket_width(span: float, buckets: int = 60) -> float:
-    """A round bucket width (seconds) giving at most about `buckets` buckets over `span`."""
-    wanted = span / buckets
-    return float(next((w for w in NICE_WIDTHS if w >= wanted), wanted))
-
-
-def _width_text(seconds: float) -> str:
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
-
-
-def _draw_tokens(ax: Axes, tokens: Numbers) -> str:
-    if len(tokens) == 0:
-        return _message(ax, "no row reported token usage")
-    ax.hist(tokens, bins=40, color="#8172b2")
-    ax.set_xlabel("total_tokens per row")
-    ax.set_ylabel("rows")
-    _whole_numbers(ax.yaxis)
-    return f"histogram of total_tokens over {len(tokens):,} rows with usage"
-
-
-MAX_CAUSES_SHOWN = 15
-
-
-def _draw_failures(ax: Axes, failures: list[tuple[str, int]]) -> str:
-    if not failures:
-        return _message(ax, "no failures")
-    shown = failures
-    if len(failures) > MAX_CAUSES_SHOWN:
-        rest = failures[MAX_CAUSES_SHOWN - 1 :]
-        shown = [*failures[: MAX_CAUSES_SHOWN - 1], (f"{len(rest)} other causes", _rows(rest))]
-    # '$' would start matplotlib's mathtext; causes are arbitrary text.
-    labels = [_shorten(cause, 40).replace("$", r"\$") for cause, _ in shown]
-    bars = ax.barh(labels, [n for _, n in shown], color="#c44e52")
-    ax.bar_label(bars, padding=3)
-    ax.invert_yaxis()  # the commonest cause on top
-    ax.set_xlabel("failed rows")
-    _whole_numbers(ax.xaxis)
-    return f"{_rows(failures):,} failed rows; " + ", ".join(
-        f"{cause}: {n:,}" for cause, n in failures[:MAX_CAUSES_SHOWN]
-    )
-
-
-def _rows(failures: list[tuple[str, int]]) -> int:
-    return sum(n for _, n in failures)
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5em; }
-th, td { text-align: left; padding: 0.25em 0.8em; border-bottom: 1px solid #ddd;
-         vertical-align: top; }
-td.n { text-align: right; }
-figure { margin: 1.5em 0; }
-figcaption { font-weight: bold; margin-top: 0.3em; }
-img { max-width: 100%; }
-.note { color: #865; }
-"""
-
-
-def _page(summary: dict[str, Any], plots: list[_Plot]) -> str:
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>batchrun report: {esc(summary['output'])}</title>",
-        f"<style>{PAGE_STYLE}</style></head><body>",
-        f"<h1>batchrun report</h1><p>{esc(summary['output'])}</p>",
-        "<h2>Summary</h2>",
-        _summary_table(summary),
-        *(f'<p class="note">{esc(note)}</p>' for note in summary["notes"]),
-        f"<h2>{FAILURES}</h2>",
-        _failures_table(summary["failures"]),
-        "<h2>Plots</h2>",
-    ]
-    for plot in plots:
-        data = base64.b64encode(plot.png).decode("ascii")
-        parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{esc(plot.alt)}">'
-            f"<figcaption>{esc(plot.caption)}</figcaption></figure>"
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _summary_table(summary: dict[str, Any]) -> str:
-    rows = summary_rows(summary)
-    cells = "".join(
-        f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>"
-        for label, text in rows
-    )
-    return f"<table>{cells}</table>"
-
-
-def _failures_table(failures: list[dict[str, Any]]) -> str:
-    if not failures:
-        return "<p>No failed rows.</p>"
-    cells = "".join(
-        f'<tr><td>{html.escape(f["cause"])}</td><td class="n">{f["rows"]:,}</td>'
-        f"<td>{html.escape(f['example'])}</td></tr>"
-        for f in failures
-    )
-    return f"<table><tr><th>cause</th><th>rows</th><th>example</th></tr>{cells}</table>"

@@ -38,11 +38,14 @@ from typing import Any
 
 import pandas as pd
 
-from .config import CONFIG_KEYS, RunConfig, build_config, load_toml
+from .config import CONFIG_KEYS, RunConfig, build_config, load_toml, read_toml
 from .errors import AuthError, BatchrunError, ConfigError, Interrupted
-from .job import JobResult, new_limiter, run_job_async
-from .records import DONE, FAILED, INVALID
+from .factory import new_limiter
+from .job import JobResult, run_job_async
+from .lifecycle import RowState
+from .stats import quantiles
 
+LATENCY_QUANTILES = {"p50": 0.5, "p95": 0.95}
 SWEEP_KEYS = frozenset(
     {"output_dir", "datasets", "models", "config", "score_field", "max_failure_rate", "run", "grid"}
 )
@@ -140,15 +143,8 @@ def load_sweep(path: Path, cli: Mapping[str, Any]) -> SweepSpec:
 
 
 def load_toml_table(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    """The sweep file's table, its keys checked (run keys are checked per cell later)."""
+    data = read_toml(path, "sweep")
     unknown = sorted(set(data) - SWEEP_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r} (known: {sorted(SWEEP_KEYS)})")
@@ -244,17 +240,18 @@ async def _run_cell(cell: Cell, spec: SweepSpec, limiter: Any) -> CellReport:
 
 def _fill(report: CellReport, result: JobResult, spec: SweepSpec) -> None:
     counts = result.counts
-    report.ok, report.failed, report.invalid = (counts.get(s, 0) for s in (DONE, FAILED, INVALID))
+    report.ok, report.failed, report.invalid = (
+        counts.get(s, 0) for s in (RowState.DONE, RowState.FAILED, RowState.INVALID)
+    )
     report.rows = sum(counts.values())
-    report.prompt_tokens = result.totals["prompt_tokens"]
-    report.completion_tokens = result.totals["completion_tokens"]
+    report.prompt_tokens = result.totals.prompt_tokens
+    report.completion_tokens = result.totals.completion_tokens
     report.cost = result.cost
     report.wall_s = result.wall_s
     frame = _read(result.output)
-    latency = frame.loc[frame["status"] == "ok", "latency_s"].dropna()
-    if len(latency):
-        report.latency_p50 = float(latency.quantile(0.5))
-        report.latency_p95 = float(latency.quantile(0.95))
+    latency = quantiles(frame.loc[frame["status"] == "ok", "latency_s"].dropna(), LATENCY_QUANTILES)
+    if latency is not None:
+        report.latency_p50, report.latency_p95 = latency["p50"], latency["p95"]
     report.accuracy, report.scored = _accuracy(frame, spec.score_field)
     bad = report.failed + report.invalid
     report.failure_rate = bad / report.rows if report.rows else 0.0

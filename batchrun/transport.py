@@ -19,8 +19,8 @@ import aiohttp
 
 import batchrun
 
-from .config import is_loopback, is_nvidia_host
 from .errors import TransportError
+from .urls import is_loopback, is_nvidia_host
 
 MAX_SSE_LINE_BYTES = 8 * 1024 * 1024  # NVCF caps an event at 4 MB
 

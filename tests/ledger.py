@@ -129,3 +129,48 @@ def build(path: Path, rows: Sequence[Row], **settings: Any) -> Checkpoint:
 
 def forget(path: Path, idx: int) -> None:
     apply(path, [Forgotten(idx)])
+
+
+def row_states(path: Path) -> dict[str, tuple[RowState, str | None]]:
+    """Every row's state and request id, read as `status` reads (safe while a job runs)."""
+    from batchrun.checkpoint import open_reader
+
+    reader = open_reader(path)
+    try:
+        return {
+            row_id: (state, request_id)
+            for page in reader.result_pages()
+            for row_id, state, request_id in zip(
+                page.row_id, page.state, page.request_id, strict=True
+            )
+        }
+    finally:
+        reader.close()
+
+
+def count(path: Path, state: RowState) -> int:
+    """Rows in `state` (0 while the checkpoint cannot be read yet)."""
+    import sqlite3
+
+    from batchrun.checkpoint import open_reader
+    from batchrun.errors import CheckpointError
+
+    try:
+        reader = open_reader(path)
+    except (CheckpointError, sqlite3.Error):
+        return 0
+    try:
+        return reader.counts().get(state, 0)
+    except sqlite3.Error:
+        return 0
+    finally:
+        reader.close()
+
+
+def wait_until(condition: Any, *, timeout: float = 60.0, every: float = 0.02) -> None:
+    """Return once `condition()` is true; fail the test (not hang it) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout:g}s")
+        time.sleep(every)

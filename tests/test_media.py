@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from batchrun.assets import ASSET_REUSE_S, AssetUploader
+from batchrun.checkpoint import AssetCache, Checkpoint
 from batchrun.errors import MediaError
 from batchrun.media import LOCAL, MediaProblem, MediaResolver, localize, parse_marker
-from batchrun.checkpoint import AssetCache, Checkpoint
 
 
 @pytest.fixture

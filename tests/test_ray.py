@@ -5,16 +5,17 @@ Skipped only when Ray is not installed (`pip install 'batchrun[ray]'`; CI instal
 
 from __future__ import annotations
 
+import json
 import signal
-import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
+from batchrun.lifecycle import RowState
 from batchrun.mock_server import MockServer
 
 from .conftest import prompts, run_cli, start_cli, write_jsonl
+from .ledger import count, row_states, wait_until
 from .test_e2e import assert_rows_answered, read_output, run_args
 
 pytest.importorskip("ray")
@@ -67,26 +68,16 @@ def test_killing_the_driver_and_running_again_finishes_the_job(
         data, out, mock_server, fast_config, *RAY, "--workers", "2", "--concurrency", "8"
     )
     proc = start_cli(*args)
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            conn = sqlite3.connect(f"file:{checkpoint}?mode=ro", uri=True, timeout=5)
-            done = conn.execute("SELECT count(*) FROM items WHERE state='done'").fetchone()[0]
-            conn.close()
-        except sqlite3.Error:
-            continue
-        if done >= 60:
-            break
+    wait_until(
+        lambda: proc.poll() is not None or count(checkpoint, RowState.DONE) >= 60, timeout=120
+    )
     assert proc.poll() is None, "the job ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     before = mock_server.stats()["prompts"]
-    conn = sqlite3.connect(f"file:{checkpoint}?mode=ro", uri=True, timeout=5)
-    finished_before = {r[0] for r in conn.execute("SELECT row_id FROM items WHERE state='done'")}
-    known = dict(conn.execute("SELECT row_id, request_id FROM items WHERE state='polling'"))
-    conn.close()
+    states = row_states(checkpoint)
+    finished_before = {row for row, (state, _) in states.items() if state is RowState.DONE}
+    known = {row: rid for row, (state, rid) in states.items() if state is RowState.POLLING}
     assert finished_before
     result = run_cli(*args, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -124,3 +115,69 @@ def test_the_rate_limit_holds_across_all_workers(
             assert in_window <= burst + width * rpm / 60 + 1, (width, in_window)
     # 80 requests at 10/s after a burst of 30 take at least 5 s
     assert times[-1] - times[0] >= (80 - burst) / (rpm / 60) - 0.5
+
+
+def test_max_cost_holds_across_workers_and_row_events_reach_the_log(
+    mock_server: MockServer, fast_config: Path, tmp_path: Path
+) -> None:
+    # $1,000 per million tokens and max_tokens 10: each request books about $0.02 at worst,
+    # so a $0.20 cap stops the job after a handful of rows, whichever worker sends them.
+    inputs = prompts(40)
+    data = write_jsonl(tmp_path / "in.jsonl", inputs)
+    out = tmp_path / "out.parquet"
+    events = tmp_path / "events.jsonl"
+    config = tmp_path / "cost.toml"
+    config.write_text(
+        fast_config.read_text() + "max_cost = 0.2\n[pricing]\nprompt = 1000\ncompletion = 1000\n"
+    )
+    args = run_args(
+        data, out, mock_server, config, *RAY, "--workers", "2", "-p", "max_tokens=10",
+        "--log-json", str(events),
+    )  # fmt: skip
+    result = run_cli(*args, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "cost cap" in result.stderr and "--max-cost $0.2" in result.stderr
+    rows = read_output(out)
+    done = [r for r in rows if r["status"] == "ok"]
+    assert 0 < len(done) < len(inputs)
+    spent = sum(r["prompt_tokens"] + r["completion_tokens"] for r in done) * 1000 / 1e6
+    assert spent <= 0.2
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    kinds = [line["event"] for line in lines]
+    assert kinds[0] == "job_start" and kinds[-1] == "job_end"
+    assert sorted(e["id"] for e in lines if e["event"] == "row_done") == sorted(
+        r["id"] for r in done
+    )
+    assert any(e["event"] == "job_stop" and "cost cap" in e["reason"] for e in lines)
+    # raising the cap finishes the job, and nothing finished is bought again
+    before = mock_server.stats()["prompts"]
+    raised = [*args, "--max-cost", "10"]
+    assert run_cli(*raised, timeout=300).returncode == 0
+    after = mock_server.stats()["prompts"]
+    assert all(after[r["content"][len("Answer to: ") :]]["submissions"] == 1 for r in done)
+    assert len(after) == len(inputs) and before.keys() <= after.keys()
+
+
+def test_a_resume_on_ray_does_not_upload_an_image_again(
+    mock_server: MockServer, fast_config: Path, tmp_path: Path
+) -> None:
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    (pics / "large.jpg").write_bytes(b"\xff\xd8" + b"x" * 299_998)  # over the inline limit
+    rows = [
+        {"id": "first", "prompt": "One.", "images": ["pics/large.jpg"]},
+        {"id": "second", "prompt": "Two. [mock:422x1]", "images": ["pics/large.jpg"]},
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.parquet"
+    config = tmp_path / "assets.toml"
+    config.write_text(
+        fast_config.read_text() + 'asset_upload = true\nassets_url = "{origin}/v2/nvcf/assets"\n'
+    )
+    args = run_args(data, out, mock_server, config, *RAY, "--workers", "2", "--concurrency", "1")
+    assert run_cli(*args, timeout=300).returncode == 1  # the second row was refused once
+    assert mock_server.stats()["asset_uploads"] == 1
+    result = run_cli(*args, "--retry-failed", timeout=300)  # a new run, other workers
+    assert result.returncode == 0, result.stderr
+    assert [r["status"] for r in read_output(out)] == ["ok", "ok"]
+    assert mock_server.stats()["asset_uploads"] == 1  # the id came from the checkpoint

@@ -21,14 +21,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from batchrun.checkpoint import open_reader
+from batchrun.lifecycle import RowState
 from click.testing import CliRunner
 
 from batchrun.cli import main
 from batchrun.errors import ConfigError
 from batchrun.mock_server import MockServer, MockSettings
-from batchrun.report import error_cause, format_report, summarize, write_html
+from batchrun.report import error_cause, format_report, summarize
+from batchrun.report_html import write_html
 from batchrun.results import output_schema
-from batchrun.store import Store
 
 from .conftest import FAST_CONFIG, prompts, run_cli, write_jsonl
 
@@ -311,19 +313,22 @@ def test_report_on_the_checkpoint_finds_its_output(offline_job: Path) -> None:
     assert "batchrun export" in result.stderr
 
 
-def test_store_timeline_pages(offline_job: Path) -> None:
-    store = Store.open(Path(f"{offline_job}.checkpoint.sqlite"))
+def test_checkpoint_timeline_pages(offline_job: Path) -> None:
+    reader = open_reader(Path(f"{offline_job}.checkpoint.sqlite"))
     try:
-        pages = list(store.timeline(page=3))
-        whole = [row for page in store.timeline() for row in page]
+        pages = list(reader.timeline(page=3))
+        whole = list(reader.timeline())
     finally:
-        store.close()
-    assert [len(p) for p in pages] == [3, 3, 1]  # the invalid row is not finished work
-    assert [row for page in pages for row in page] == whole
-    assert {(state, cause, reused) for _, state, cause, reused, _ in whole} == {
-        ("failed", "offline", 0)
+        reader.close()
+    assert [len(p.state) for p in pages] == [3, 3, 1]  # the invalid row is not finished work
+    assert [s for p in pages for s in p.state] == whole[0].state
+    rows = {
+        (state, cause, reused)
+        for p in pages
+        for state, cause, reused in zip(p.state, p.cause, p.reused, strict=True)
     }
-    assert all(isinstance(finished_at, float) for finished_at, *_ in whole)
+    assert rows == {(RowState.FAILED, "offline", False)}
+    assert all(isinstance(t, float) for t in whole[0].finished_at)
 
 
 # ---------------------------------------------------------------- end to end

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from .assets import AssetCache
-from .locate import checkpoint_for, output_for
+from .locate import checkpoint_for, default_checkpoint, locate_job, output_for
 from .queries import (
     CheckpointReader,
     FailureCause,
@@ -46,6 +46,8 @@ __all__ = [
     "TimelinePage",
     "Totals",
     "checkpoint_for",
+    "default_checkpoint",
+    "locate_job",
     "open_reader",
     "output_for",
     "remove_checkpoint",

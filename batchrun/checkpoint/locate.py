@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_SUFFIX = ".checkpoint.sqlite"
+from batchrun.config import CHECKPOINT_SUFFIX
+from batchrun.errors import ConfigError
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 PARQUET_MAGIC = b"PAR1"
 
@@ -49,3 +51,29 @@ def starts_with(path: Path, magic: bytes) -> bool:
             return fh.read(len(magic)) == magic
     except OSError:
         return False
+
+
+def locate_job(path: Path) -> tuple[Path, Path | None]:
+    """A job's output Parquet file and its checkpoint (None when there is none beside it),
+    from either one (`batchrun report`)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    if starts_with(path, PARQUET_MAGIC):
+        return path, checkpoint_for(path)
+    if not starts_with(path, SQLITE_MAGIC):
+        raise ConfigError(f"{path}: neither a batchrun output (Parquet) nor a batchrun checkpoint")
+    from batchrun.checkpoint.store import open_reader  # another SQLite file: its own error
+
+    reader = open_reader(path)
+    try:
+        settings = reader.get_json("settings", {}) or {}
+    finally:
+        reader.close()
+    output = output_for(path, settings)
+    if output is None:
+        raise ConfigError(
+            f"{path} is a checkpoint; the report reads its output Parquet file, which is not "
+            f"there. Write one with `batchrun export {path} -o OUTPUT.parquet` and report on "
+            "that."
+        )
+    return output, path

@@ -22,13 +22,14 @@ import pyarrow as pa
 
 from batchrun.budget import CostBudget
 from batchrun.checkpoint import CheckpointReader
-from batchrun.config import RunConfig, is_loopback
+from batchrun.config import RunConfig
 from batchrun.dispatch import DISPATCH_PAGE, HELD, PageSource, items
 from batchrun.errors import AuthError, BatchrunError, ConfigError
 from batchrun.events import EventLog
 from batchrun.lifecycle import RowState, WorkItem
 from batchrun.monitor import WORKER_COUNTERS, RunStats, failure_budget_spent
 from batchrun.stop import StopSignal
+from batchrun.urls import is_loopback
 
 from .services import BudgetService, CheckpointService, RateService
 from .worker import ChatWorker

@@ -3,56 +3,51 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .budget import Pricing
+from .budget import job_cost
+from .checkpoint import checkpoint_for, open_reader
 from .errors import CheckpointError
+from .lifecycle import RowState
 from .lock import holder
-from .records import DONE, FAILED, FETCHED, INFLIGHT, INVALID, PENDING, POLLING
-from .store import Store
+
+S = RowState
 
 
 def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
     """A checkpoint's counts, tokens and pending ids; or an output file's status counts."""
-    checkpoint = path
-    if path.name.endswith(".parquet"):
-        companion = Path(str(path) + ".checkpoint.sqlite")
-        if not companion.exists():
-            return _output_status(path)
-        checkpoint = companion
-    store = Store.open(checkpoint)
+    checkpoint = checkpoint_for(path)
+    if checkpoint is None:
+        return _output_status(path)
+    reader = open_reader(checkpoint)
     try:
-        counts = store.counts()
-        settings = store.get_json("settings", {})
-        totals = store.totals()
-        pricing = Pricing.from_config(settings.get("pricing"))
+        counts = reader.counts()
+        settings = reader.get_json("settings", {})
+        totals = reader.totals()
         return {
             "checkpoint": str(checkpoint),
             "running": holder(checkpoint),
             "rows": sum(counts.values()),
-            "states": {
-                s: counts.get(s, 0)
-                for s in (DONE, FAILED, INVALID, PENDING, INFLIGHT, POLLING, FETCHED)
-            },
-            "tokens": totals,
-            "cost": pricing.cost(totals["bought_prompt_tokens"], totals["bought_completion_tokens"])
-            if pricing
-            else None,
+            "states": {str(s): counts.get(s, 0) for s in RowState},
+            "tokens": asdict(totals),
+            "cost": job_cost(settings.get("pricing"), totals),
             "pending_request_ids": [
-                {"id": row_id, "request_id": rid} for row_id, rid in store.pending_request_ids(ids)
+                {"id": p.row_id, "request_id": p.request_id}
+                for p in reader.pending_request_ids(ids)
             ],
-            "failures": [{"cause": c, "rows": n} for c, n in store.failure_causes()],
+            "failures": [{"cause": c.label, "rows": c.rows} for c in reader.failure_causes()],
             "model": settings.get("model"),
             "base_url": settings.get("base_url"),
             "output": settings.get("output"),
-            "created_at": float(store.get_meta("created_at") or 0) or None,
+            "created_at": float(reader.get_meta("created_at") or 0) or None,
         }
     finally:
-        store.close()
+        reader.close()
 
 
 def _output_status(path: Path) -> dict[str, Any]:
@@ -86,13 +81,13 @@ def format_status(info: dict[str, Any]) -> str:
         tokens = info["tokens"]["total_tokens"]
         return f"{info['output']}: {info['rows']} rows ({statuses}); {tokens:,} tokens"
     states = info["states"]
-    unfinished = states[PENDING] + states[INFLIGHT] + states[POLLING] + states[FETCHED]
+    unfinished = states[S.PENDING] + states[S.INFLIGHT] + states[S.POLLING] + states[S.FETCHED]
     tokens = info["tokens"]
     lines = [
         f"{info['checkpoint']}" + (f"  (running: {info['running']})" if info["running"] else ""),
-        f"  {info['rows']} rows: {states[DONE]} ok, {states[FAILED]} failed, "
-        f"{states[INVALID]} invalid, {unfinished} to do"
-        f" ({states[POLLING] + states[FETCHED]} awaiting a 202 result)",
+        f"  {info['rows']} rows: {states[S.DONE]} ok, {states[S.FAILED]} failed, "
+        f"{states[S.INVALID]} invalid, {unfinished} to do"
+        f" ({states[S.POLLING] + states[S.FETCHED]} awaiting a 202 result)",
         f"  tokens: {tokens['prompt_tokens']:,} prompt + {tokens['completion_tokens']:,} "
         f"completion = {tokens['total_tokens']:,}; {tokens['attempts']} requests sent"
         + (f"; cost ${info['cost']:.4f}" if info.get("cost") is not None else ""),

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.mock_server import MockServer, MockSettings
+from batchrun.testing import MockServer, MockSettings
 
 REPO = Path(__file__).resolve().parent.parent
 # Config for end-to-end runs: fast polls and back-offs so tests take seconds, not minutes.

@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from batchrun.faults import ENV as CRASH_ENV
-from batchrun.mock_server import MockServer, MockSettings
+from batchrun.testing import MockServer, MockSettings
 
 CONFIG = """
 rpm = 100000

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.mock_server import MockServer
+from batchrun.testing import MockServer
 
 from .conftest import REPO, prompts, run_cli, start_cli, write_jsonl
 

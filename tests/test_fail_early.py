@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.mock_server import MockServer
 from batchrun.store import SCHEMA_VERSION, Store
+from batchrun.testing import MockServer
 
 from .conftest import prompts, run_cli, start_cli, write_jsonl
 from .test_e2e import assert_rows_answered, read_output, run_args

@@ -1,6 +1,6 @@
 """The fault matrix: one faulty answer per job, its row's outcome, and nothing else disturbed.
 
-Each job has 8 rows; row 3 carries a mock marker (see batchrun/mock_server.py) that makes
+Each job has 8 rows; row 3 carries a mock marker (see batchrun/testing/faults.py) that makes
 the endpoint misbehave for that row. The other rows must come out ok after one attempt.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.mock_server import MockServer
+from batchrun.testing import MockServer
 
 from .conftest import prompts, run_cli, start_cli, write_jsonl
 from .test_e2e import assert_rows_answered, expected_usage, run_args

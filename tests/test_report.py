@@ -25,10 +25,10 @@ from click.testing import CliRunner
 
 from batchrun.cli import main
 from batchrun.errors import ConfigError
-from batchrun.mock_server import MockServer, MockSettings
 from batchrun.report import error_cause, format_report, summarize, write_html
 from batchrun.results import output_schema
 from batchrun.store import Store
+from batchrun.testing import MockServer, MockSettings
 
 from .conftest import FAST_CONFIG, prompts, run_cli, write_jsonl
 

@@ -260,6 +260,52 @@ def test_a_stream_is_the_answer_in_pieces_with_usage() -> None:
     on_endpoint(test)
 
 
+# ---------------------------------------------------------------- ids issued by an earlier process
+
+
+def test_a_held_id_is_answered_once_then_forgotten() -> None:
+    async def test(
+        client: TestClient[Any, Any], endpoint: MockEndpoint, clock: ManualClock
+    ) -> None:
+        endpoint.hold("earlier-1", "What is 2 plus 2?")
+        resp = await poll(client, "earlier-1")
+        assert (resp.status, resp.headers["NVCF-REQID"]) == (200, "earlier-1")
+        answer = await resp.json()
+        assert answer["choices"][0]["message"]["content"] == "Answer to: What is 2 plus 2?"
+        assert answer["usage"]["prompt_tokens"] == 5
+        await assert_not_found(await poll(client, "earlier-1"))
+        stats = endpoint.snapshot()
+        assert stats["prompts"]["What is 2 plus 2?"] == {
+            "submissions": 0,
+            "billed": 1,
+            "delivered": 1,
+            "last_body": {},
+        }
+        assert (stats["polled_ids"], stats["pending"]) == (["earlier-1"], 0)
+
+    on_endpoint(test)
+
+
+def test_a_held_id_not_ready_answers_202_first_on_the_pexec_route_too() -> None:
+    async def test(
+        client: TestClient[Any, Any], endpoint: MockEndpoint, clock: ManualClock
+    ) -> None:
+        body = chat("q", model="big/model", chat_template_kwargs={"enable_thinking": True})
+        endpoint.hold("earlier-2", "q", body, ready=False)
+        route = "/v2/nvcf/pexec/status/earlier-2"
+        statuses = [(await client.get(route, headers=hold_for(0))).status for _ in range(2)]
+        assert statuses == [202, 202]  # pending_polls=2
+        answer = await (await client.get(route, headers=hold_for(0))).json()
+        assert answer["model"] == "big/model"
+        assert answer["choices"][0]["message"]["reasoning_content"] == "Thinking about: q"
+        await assert_not_found(await client.get(route))
+        endpoint.hold("earlier-3", "q")
+        with pytest.raises(ValueError, match="already pending"):
+            endpoint.hold("earlier-3", "q")
+
+    on_endpoint(test, pending_polls=2)
+
+
 # ---------------------------------------------------------------- MockServer (its own thread)
 
 
@@ -286,3 +332,18 @@ def test_mock_server_advance_moves_the_endpoints_clock() -> None:
 def test_a_real_time_server_cannot_be_advanced() -> None:
     with MockServer(clock=SystemClock()) as server, pytest.raises(TypeError, match="SystemClock"):
         server.advance(1)
+
+
+def status_of_poll(server: MockServer, request_id: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{server.base_url}/status/{request_id}", timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_mock_server_holds_an_id_from_the_test_thread() -> None:
+    with MockServer() as server:
+        server.hold("earlier-4", "q")
+        assert [status_of_poll(server, "earlier-4") for _ in range(2)] == [200, 404]
+        assert server.stats()["prompts"]["q"]["billed"] == 1

@@ -7,7 +7,8 @@ handed out once; 302 + zip for large results; SSE when asked to stream. It is a 
 never a reference for what the real API does (PROTOCOL.md is).
 
 Test-facing routes: `GET /_mock/stats` (the counters), `POST /_mock/config` (change settings
-live), `POST /_mock/reset` (forget jobs and counters).
+live), `POST /_mock/reset` (forget jobs and counters). `hold()` puts an id this process never
+issued on hold, so a checkpoint written against an earlier endpoint process can be resumed.
 
 Every reading of the time and every wait goes through the injected clock (`clock.py`).
 """
@@ -65,6 +66,31 @@ class MockEndpoint:
         app.router.add_post("/_mock/config", self._configure)
         app.router.add_post("/_mock/reset", self._reset)
         return app
+
+    def hold(
+        self, request_id: str, prompt: str, body: dict[str, Any] | None = None, ready: bool = True
+    ) -> None:
+        """Hold `request_id` as if this endpoint had answered 202 for `prompt` with it.
+
+        For ids an earlier endpoint process issued (a checkpoint resumed against a new mock).
+        The answer is generated and billed now, once; the first poll of the id that finds it
+        ready gets 200 with it, later polls 404. `ready=False`: the first
+        `settings.pending_polls` polls answer 202. `body` defaults to one user message. The
+        stats count it as billed (and, once polled, delivered), not as a submission.
+        """
+        if request_id in self.jobs:
+            raise ValueError(f"{request_id} is already pending")
+        now = self.clock.monotonic()
+        job = Job(
+            request_id=request_id,
+            prompt=prompt,
+            body=body if body is not None else {"messages": [{"role": "user", "content": prompt}]},
+            ready_at=now,
+            touched=now,
+            polls_before_ready=0 if ready else self.settings.pending_polls,
+        )
+        self._bill(job, None)
+        self.jobs.add(job)
 
     def snapshot(self) -> dict[str, Any]:
         """The counters (`GET /_mock/stats`)."""

@@ -2,7 +2,7 @@
 
 `MockServer` runs the app on its own event loop in a daemon thread, on 127.0.0.1 and a free
 port unless told otherwise, for tests and harnesses; every change it makes to the endpoint
-(settings, the clock) runs on that loop, so the test thread never races a handler.
+(settings, held ids, the clock) runs on that loop, so the test thread never races a handler.
 Its clock defaults to an `OffsetClock`, which is real time until a test calls `advance()`.
 
 `serve()` is `batchrun mock-server`: the app on the caller's loop until cancelled, on real time.
@@ -80,6 +80,12 @@ class MockServer:
         if not isinstance(clock, MovableClock):
             raise TypeError(f"{type(clock).__name__} cannot be advanced")
         self.call(clock.advance, seconds)
+
+    def hold(
+        self, request_id: str, prompt: str, body: dict[str, Any] | None = None, ready: bool = True
+    ) -> None:
+        """`MockEndpoint.hold`, run on the server's loop."""
+        self.call(self.endpoint.hold, request_id, prompt, body, ready)
 
     def stop(self) -> None:
         if self._runner is not None:

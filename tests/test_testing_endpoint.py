@@ -2,7 +2,8 @@
 
 The endpoint runs on aiohttp's TestServer (127.0.0.1, a free port) inside asyncio.run, with a
 ManualClock: time moves only when a test advances it, so nothing here waits for real. A test
-that must move time while a handler sleeps first awaits `clock.until_sleeping()`.
+that must move time while a handler sleeps first awaits `clock.until_sleeping()`. The few
+MockServer tests run the endpoint in its thread on real time, and never wait on it either.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+import batchrun.testing
 from batchrun.testing import (
     ManualClock,
     MockEndpoint,
@@ -70,6 +72,12 @@ async def assert_not_found(resp: ClientResponse) -> None:
     assert resp.status == 404
     assert resp.content_type == "application/problem+json"
     assert (await resp.json())["status"] == 404
+
+
+def test_the_public_names_are_listed_sorted_and_importable() -> None:
+    names = batchrun.testing.__all__
+    assert names == sorted(names)
+    assert all(hasattr(batchrun.testing, name) for name in names)
 
 
 # ---------------------------------------------------------------- markers (pure logic)

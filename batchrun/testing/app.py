@@ -24,15 +24,16 @@ from typing import Any
 from aiohttp import web
 
 from . import faults
-from .answers import completion, last_user_text
+from .answers import completion
 from .assets import AssetStore, no_such_key
 from .clock import Clock, SystemClock
+from .faults import Marker
 from .jobs import Job, JobTable, LargeResults
 from .ratelimit import RpmWindow
 from .settings import MockSettings, apply_changes
 from .stats import EndpointStats
 from .streaming import stream_answer
-from .validation import authorized, check_chat_body, invalid_request, poll_hold, submit_hold
+from .validation import Submission, authorized, poll_hold, read_submission, submit_hold
 
 
 class MockEndpoint:
@@ -99,38 +100,28 @@ class MockEndpoint:
     # ---- submission
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        if not authorized(request.headers, self.settings.api_key):
-            return self._sent(faults.unauthorized())
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return self._sent(invalid_request("body is not JSON"))
-        refusal = check_chat_body(body)
-        if refusal is not None:
-            return self._sent(refusal)
-        prompt = last_user_text(body["messages"])
-        references = request.headers.get("NVCF-INPUT-ASSET-REFERENCES", "")
-        media, refused = self.assets.media(
-            body["messages"], references, self.settings.inline_image_max
-        )
-        if refused is not None:
-            return self._sent(refused)
+        s = self.settings
+        submission = await read_submission(request, s.api_key, self.assets, s.inline_image_max)
+        if isinstance(submission, web.Response):
+            return self._sent(submission)
+        prompt = submission.prompt
         now = self.clock.monotonic()
-        self.counters.record_submission(prompt, body, now, pending=self.jobs.has_prompt(prompt))
-        if self._window.refuses(now, self.settings.rpm_limit):
-            headers = faults.retry_headers(None, self.settings.retry_after)
-            return self._sent(faults.problem(429, "Too Many Requests", headers=headers))
+        pending = self.jobs.has_prompt(prompt)
+        self.counters.record_submission(prompt, submission.body, now, pending=pending)
+        if self._window.refuses(now, s.rpm_limit):
+            return self._sent(faults.too_many_requests(None, s.retry_after))
         hold = submit_hold(request.headers)
         if isinstance(hold, web.Response):
             return self._sent(hold)
         with self.counters.serving():
-            return await self._answer(request, body, prompt, hold, media)
+            return await self._answer(request, submission, hold)
 
     async def _answer(
-        self, request: web.Request, body: dict[str, Any], prompt: str, hold: int, media: list[str]
+        self, request: web.Request, submission: Submission, hold: int
     ) -> web.StreamResponse:
         """Fault, stream, 202 or 200: what a valid submission within the rate limit gets."""
         s = self.settings
+        body, prompt = submission.body, submission.prompt
         marker = self._markers.take(prompt)
         code, value = marker if marker else ("", None)
         fault = faults.fault_response(marker, s, self._chance)
@@ -151,7 +142,7 @@ class MockEndpoint:
             touched=now,
             expire_on_poll=code == "expire",
             large=code == "302",
-            media=media,
+            media=submission.media,
         )
         if body.get("stream") and code not in ("202", "expire"):
             await self.clock.sleep(latency)
@@ -165,7 +156,7 @@ class MockEndpoint:
         await self.clock.sleep(latency)
         return self._deliver(request, job, marker)
 
-    def _bill(self, job: Job, marker: faults.Marker | None) -> bytes:
+    def _bill(self, job: Job, marker: Marker | None) -> bytes:
         """Generate (and charge for) the job's answer, once."""
         if job.result is None:
             code = marker.code if marker else ""
@@ -183,7 +174,7 @@ class MockEndpoint:
             self.counters.for_prompt(job.prompt).billed += 1
         return job.result
 
-    def _accept(self, job: Job, marker: faults.Marker | None) -> web.Response:
+    def _accept(self, job: Job, marker: Marker | None) -> web.Response:
         # Accepted work is done and charged whether or not its result is ever fetched.
         self._bill(job, marker)
         job.touched = self.clock.monotonic()
@@ -192,9 +183,7 @@ class MockEndpoint:
         headers = {"NVCF-REQID": job.request_id, "NVCF-STATUS": "in-progress"}
         return self._sent(web.Response(status=202, body=b"", headers=headers))
 
-    def _deliver(
-        self, request: web.Request, job: Job, marker: faults.Marker | None
-    ) -> web.Response:
+    def _deliver(self, request: web.Request, job: Job, marker: Marker | None) -> web.Response:
         result = self._bill(job, marker)
         headers = {"NVCF-REQID": job.request_id, "NVCF-STATUS": "fulfilled"}
         if job.large:

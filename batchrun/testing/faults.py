@@ -91,6 +91,11 @@ def unauthorized() -> web.Response:
     return problem(401, "Unauthorized", "Authentication failed")
 
 
+def too_many_requests(value: float | None, default: float | None) -> web.Response:
+    """429 with Retry-After: the marker's value, else the configured one (None: no header)."""
+    return problem(429, "Too Many Requests", headers=retry_headers(value, default))
+
+
 def retry_headers(value: float | None, default: float | None) -> dict[str, str]:
     """Retry-After: the marker's value, else the configured one (None: no header)."""
     wait = value if value is not None else default
@@ -114,7 +119,7 @@ def fault_response(
     if code == "400":
         return problem(400, "Bad Request", "Invalid request")
     if code == "429" or chance(s.p429):
-        return problem(429, "Too Many Requests", headers=retry_headers(value, s.retry_after))
+        return too_many_requests(value, s.retry_after)
     if code == "503" or chance(s.p503):
         headers = retry_headers(value, s.retry_after) if value else {}
         return problem(503, "Service Unavailable", "Function is offline", headers=headers)

@@ -1,21 +1,55 @@
 """What the mock endpoint refuses before doing any work: a missing key, a body that is not a
-chat request, a temperature out of range, an `NVCF-POLL-SECONDS` over the gateway's maximum.
+chat request, a temperature out of range, an image it will not take, an `NVCF-POLL-SECONDS`
+over the gateway's maximum.
 
-Each check returns the refusal response (or None), with the status and body NVIDIA's API
-sends for it; the endpoint counts and returns it.
+Each check returns the refusal response, with the status and body NVIDIA's API sends for it;
+the endpoint counts and returns it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from .faults import problem
+from .answers import last_user_text
+from .assets import AssetStore
+from .faults import problem, unauthorized
 
 DEFAULT_POLL_SECONDS = 300
 MAX_POLL_SECONDS = 3600
+
+
+@dataclass
+class Submission:
+    """A chat request worth answering: its body, the prompt it answers, what its images are."""
+
+    body: dict[str, Any]
+    prompt: str
+    media: list[str]
+
+
+async def read_submission(
+    request: web.Request, api_key: str | None, assets: AssetStore, inline_image_max: int
+) -> Submission | web.Response:
+    """The submission in a chat request, or the refusal NVIDIA would give it."""
+    if not authorized(request.headers, api_key):
+        return unauthorized()
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return invalid_request("body is not JSON")
+    refusal = check_chat_body(body)
+    if refusal is not None:
+        return refusal
+    references = request.headers.get("NVCF-INPUT-ASSET-REFERENCES", "")
+    media, refused = assets.media(body["messages"], references, inline_image_max)
+    if refused is not None:
+        return refused
+    return Submission(body, last_user_text(body["messages"]), media)
 
 
 def authorized(headers: Mapping[str, str], api_key: str | None) -> bool:

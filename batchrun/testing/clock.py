@@ -135,9 +135,10 @@ class ManualClock:
             watcher.wake()
         try:
             await waiter.future
-        finally:  # also on cancellation: a client that hung up leaves no sleeper behind
+        finally:  # cancelled (a client that hung up): leave no sleeper behind
             with self._lock:
-                self._sleepers.remove(waiter)
+                if waiter in self._sleepers:
+                    self._sleepers.remove(waiter)
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward and wake every sleep whose deadline it reached."""
@@ -145,6 +146,9 @@ class ManualClock:
         with self._lock:
             self._now += seconds
             due = [w for w in self._sleepers if w.deadline <= self._now]
+            # Woken sleeps stop counting at once, before their tasks run: an until_sleeping()
+            # right after advance() then waits for a new sleep, not one already woken.
+            self._sleepers = [w for w in self._sleepers if w.deadline > self._now]
         for waiter in due:
             waiter.wake()
 

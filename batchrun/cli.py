@@ -246,7 +246,7 @@ def mock_server(
     """Serve a local NVIDIA-compatible endpoint (for demos and tests; no key needed)."""
     import os
 
-    from .mock_server import MockSettings, serve
+    from .testing import MockSettings, serve
 
     key = os.environ.get(require_key_env) if require_key_env else None
     if require_key_env and not key:

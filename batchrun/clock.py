@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
+@runtime_checkable
 class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back (intervals, deadlines)."""

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from .budget import Pricing
-from .checkpoint import Checkpoint, DuplicateRowId, IngestRow, remove_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    DuplicateRowId,
+    IngestRow,
+    remove_checkpoint,
+    remove_if_never_written,
+)
 from .columns import ColumnKinds
 from .config import RunConfig, fingerprint, identity_changes
 from .dataset import InputFile, expand_inputs, file_digest, read_rows
@@ -116,6 +122,7 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
     path = cfg.checkpoint_path
     if cfg.fresh:
         remove_checkpoint(path)
+    remove_if_never_written(path)
     if path.exists():
         checkpoint = Checkpoint.open(path)
         if checkpoint.get_meta("ingest_complete") == "1":

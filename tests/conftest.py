@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batchrun.mock_server import MockServer, MockSettings
+from batchrun.testing import MockServer, MockSettings
 
 REPO = Path(__file__).resolve().parent.parent
 # Config for end-to-end runs: fast polls and back-offs so tests take seconds, not minutes.
@@ -94,3 +96,21 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
         text=True,
         env=full_env,
     )
+
+
+def read_stderr_until(proc: subprocess.Popen[str], text: str, timeout: float = 30) -> str:
+    """What a running process has written to stderr, once it has written `text` (fails the
+    test after `timeout`); the caller adds it to what communicate() returns later."""
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, left))
+        if not ready:
+            raise AssertionError(f"{text!r} not written within {timeout:g}s; stderr: {seen}")
+        chunk = os.read(proc.stderr.fileno(), 65536).decode(errors="replace")
+        if not chunk:
+            raise AssertionError(f"stderr closed before {text!r}; stderr: {seen}")
+        seen += chunk
+    return seen

@@ -33,8 +33,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from batchrun.errors import CheckpointError
 from batchrun.faults import ENV as CRASH_ENV
-from batchrun.mock_server import MockServer, MockSettings
+from batchrun.lifecycle import RowState
+from batchrun.testing import MockServer, MockSettings
+from tests.ledger import row_states
 
 CONFIG = """
 rpm = 100000
@@ -128,14 +131,12 @@ def _kill_plan(rng: random.Random) -> tuple[str, dict[str, str], float | None]:
     return kind, {CRASH_ENV: f"{kind}:{visit}"}, None
 
 
-def _checkpoint_states(path: Path) -> dict[str, tuple[str, str | None]]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+def _checkpoint_states(path: Path) -> dict[str, tuple[RowState, str | None]]:
+    """Every row's state and request id; none for a checkpoint killed while being made."""
     try:
-        return {
-            r[0]: (r[1], r[2]) for r in conn.execute("SELECT row_id, state, request_id FROM items")
-        }
-    finally:
-        conn.close()
+        return row_states(path)
+    except CheckpointError:
+        return {}
 
 
 def _intact(path: Path) -> bool:
@@ -249,7 +250,7 @@ def _one_job(
         if checkpoint.exists():
             submissions = server.stats()["prompts"]
             for row_id, (state, rid) in _checkpoint_states(checkpoint).items():
-                if state == "polling" and rid:
+                if state is RowState.POLLING and rid:
                     prompt = prompt_of[row_id]
                     known.append((prompt, rid, submissions.get(prompt, {}).get("submissions", 0)))
         if verbose:

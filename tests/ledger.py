@@ -79,7 +79,8 @@ def transitions(r: Row, now: float) -> list[Transition]:
     """The lifecycle moves that take a pending row to `r.state`."""
     if r.state in (RowState.PENDING, RowState.INVALID):
         return []
-    moves: list[Transition] = [Submitted(r.idx, r.attempts, now - 1.0)]
+    # One Submitted per submission, as the engine records them.
+    moves: list[Transition] = [Submitted(r.idx, n, now - 1.0) for n in range(1, r.attempts + 1)]
     if r.state is RowState.POLLING or (r.state is RowState.FETCHED and r.location is None):
         moves.append(Accepted(r.idx, r.request_id or f"rid-{r.idx}"))
     if r.state is RowState.FETCHED:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.mock_server import MockServer
+from batchrun.testing import MockServer
 
 from .conftest import REPO, prompts, run_cli, write_jsonl
 from .test_e2e import assert_rows_answered, read_output, run_args

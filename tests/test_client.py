@@ -20,7 +20,9 @@ from batchrun.config import RunConfig, build_config
 from batchrun.errors import (
     AuthError,
     RequestExpired,
+    RequestRejected,
     ResponseFormatError,
+    ServerError,
     StatusError,
     TransportError,
 )
@@ -597,11 +599,11 @@ def test_key_absent_from_every_error_text() -> None:
     errors = run(body)
     assert [type(e) for e in errors] == [
         AuthError,
-        StatusError,
+        RequestRejected,
         ResponseFormatError,
         TransportError,
         RequestExpired,
-        StatusError,
+        ServerError,
     ]
     for exc in errors:
         assert KEY not in str(exc) and KEY not in repr(exc)

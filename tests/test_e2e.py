@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.mock_server import MockServer
+from batchrun.lifecycle import RowState
+from batchrun.testing import MockServer
 
 from .conftest import REPO, prompts, run_cli, start_cli, write_jsonl
+from .ledger import count, row_states, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -51,17 +51,6 @@ def assert_rows_answered(rows: list[dict[str, Any]], inputs: list[dict[str, Any]
         usage = expected_usage(source["prompt"], source.get("system"))
         assert {k: row[k] for k in usage} == usage
         assert row["error"] is None
-
-
-def checkpoint_rows(path: Path) -> dict[str, tuple[str, str | None]]:
-    """row_id -> (state, request_id), read as another process would (WAL allows it)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return {
-            r[0]: (r[1], r[2]) for r in conn.execute("SELECT row_id, state, request_id FROM items")
-        }
-    finally:
-        conn.close()
 
 
 def run_args(inputs: Path, out: Path, server: MockServer, config: Path, *extra: str) -> list[str]:
@@ -183,25 +172,15 @@ def test_kill_9_then_same_command_finishes_without_resubmitting_known_ids(
     checkpoint = Path(str(out) + ".checkpoint.sqlite")
     args = run_args(data, out, mock_server, fast_config, "--concurrency", "8", "--no-progress")
     proc = start_cli(*args)
-    deadline = time.monotonic() + 60
-    states: dict[str, tuple[str, str | None]] = {}
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        if checkpoint.exists():
-            try:
-                states = checkpoint_rows(checkpoint)
-            except sqlite3.OperationalError:
-                continue
-            done = sum(s == "done" for s, _ in states.values())
-            polling = sum(s == "polling" for s, _ in states.values())
-            if done >= 40 and polling >= 3:
-                break
+    wait_until(
+        lambda: count(checkpoint, RowState.DONE) >= 40 and count(checkpoint, RowState.POLLING) >= 3
+    )
     proc.kill()
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    states = checkpoint_rows(checkpoint)  # what the checkpoint knew at the kill
-    known_ids = {row: rid for row, (state, rid) in states.items() if state == "polling"}
-    finished = {row for row, (state, _) in states.items() if state == "done"}
+    states = row_states(checkpoint)  # what the checkpoint knew at the kill
+    known_ids = {row: rid for row, (state, rid) in states.items() if state is RowState.POLLING}
+    finished = {row for row, (state, _) in states.items() if state is RowState.DONE}
     assert known_ids and finished
     before = mock_server.stats()["prompts"]
 
@@ -217,7 +196,7 @@ def test_kill_9_then_same_command_finishes_without_resubmitting_known_ids(
     for row in [*(set(known_ids) - set(in_transit)), *finished]:
         p = prompt_of[row]
         assert after[p]["submissions"] == before[p]["submissions"], f"{row} was sent again"
-    final = checkpoint_rows(checkpoint)
+    final = row_states(checkpoint)
     assert all(final[row][1] == rid for row, rid in known_ids.items() if row not in in_transit)
 
 
@@ -230,7 +209,8 @@ def test_sigint_stops_cleanly_with_exit_130_and_resume_command(
     out = tmp_path / "out.parquet"
     args = run_args(data, out, mock_server, fast_config, "--concurrency", "4")
     proc = start_cli(*args)
-    time.sleep(2.0)
+    checkpoint = Path(str(out) + ".checkpoint.sqlite")
+    wait_until(lambda: count(checkpoint, RowState.DONE) >= 8)  # under way, far from done
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
@@ -257,8 +237,8 @@ def test_401_stops_the_job_with_exit_3_and_a_rerun_with_the_key_continues(
     result = run_cli(*args, env={"MY_KEY": "nvapi-wrong"})
     assert result.returncode == 3, result.stderr
     assert "MY_KEY" in result.stderr and "nvapi-wrong" not in result.stderr
-    states = checkpoint_rows(Path(str(out) + ".checkpoint.sqlite"))
-    assert not any(state == "failed" for state, _ in states.values())
+    states = row_states(Path(str(out) + ".checkpoint.sqlite"))
+    assert not any(state is RowState.FAILED for state, _ in states.values())
     sent_with_bad_key = mock_server.stats()["submissions"]
     assert sent_with_bad_key <= 16  # stopped at once, not once per row
     result = run_cli(*args, env={"MY_KEY": "nvapi-right"})
@@ -311,11 +291,10 @@ def test_rate_limited_server_429s_slow_the_job_down_and_every_row_finishes(
     inputs = prompts(60)
     data = write_jsonl(tmp_path / "in.jsonl", inputs)
     out = tmp_path / "out.parquet"
-    # the mock forgets its window only after 60 s; reset it mid-run instead of waiting
     proc = start_cli(*run_args(data, out, mock_server, fast_config, "--max-attempts", "50"))
-    time.sleep(1.5)
-    assert mock_server.stats()["codes"].get("429", 0) > 0
-    mock_server.configure(rpm_limit=0)
+    wait_until(lambda: mock_server.stats()["codes"].get("429", 0) > 0)
+    # a minute passes for the mock (its window forgets the first 40) but not for the test
+    mock_server.advance(61)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert_rows_answered(read_output(out), inputs)
@@ -426,9 +405,7 @@ def test_a_second_run_on_a_busy_checkpoint_is_refused(
     first = start_cli(*args)
     try:
         lock = Path(str(out) + ".checkpoint.sqlite.lock")
-        deadline = time.monotonic() + 30
-        while not lock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lock.exists, timeout=30)
         second = run_cli(*args)
         assert second.returncode == 2
         assert f"in use by process {first.pid}" in second.stderr

@@ -7,15 +7,15 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
 from batchrun.checkpoint import SCHEMA_VERSION, Checkpoint
-from batchrun.mock_server import MockServer
+from batchrun.testing import MockServer
 
-from .conftest import prompts, run_cli, start_cli, write_jsonl
+from .conftest import prompts, read_stderr_until, run_cli, start_cli, write_jsonl
+from .ledger import wait_until
 from .test_e2e import assert_rows_answered, read_output, run_args
 
 pytestmark = pytest.mark.slow
@@ -178,17 +178,16 @@ def test_second_ctrl_c_exits_at_once_and_the_checkpoint_is_consistent(
     out = tmp_path / "out.parquet"
     args = run_args(data, out, mock_server, fast_config, "--concurrency", "4", "--grace", "60")
     proc = start_cli(*args)
-    deadline = time.monotonic() + 30
-    while mock_server.stats()["submissions"] < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: mock_server.stats()["submissions"] >= 4)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    first = read_stderr_until(proc, "no new requests")  # the first one was handled
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=10)  # not the 60 s grace
+    _, rest = proc.communicate(timeout=10)  # not the 60 s grace
+    stderr = first + rest
     assert proc.returncode == 130
     assert "again: exiting now" in stderr
     checkpoint = Path(str(out) + ".checkpoint.sqlite")
-    conn = sqlite3.connect(checkpoint)
+    conn = sqlite3.connect(checkpoint)  # SQLite's own check, under batchrun's reading
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     mock_server.configure(latency=0.0)

@@ -1,23 +1,23 @@
 """The fault matrix: one faulty answer per job, its row's outcome, and nothing else disturbed.
 
-Each job has 8 rows; row 3 carries a mock marker (see batchrun/mock_server.py) that makes
+Each job has 8 rows; row 3 carries a mock marker (see batchrun/testing/faults.py) that makes
 the endpoint misbehave for that row. The other rows must come out ok after one attempt.
 """
 
 from __future__ import annotations
 
 import signal
-import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.mock_server import MockServer
+from batchrun.lifecycle import RowState
+from batchrun.testing import MockServer
 
 from .conftest import prompts, run_cli, start_cli, write_jsonl
+from .ledger import count, wait_until
 from .test_e2e import assert_rows_answered, expected_usage, run_args
 
 pytestmark = pytest.mark.slow
@@ -144,20 +144,10 @@ def test_ids_that_expired_while_the_job_was_down_are_bought_again(
     checkpoint = Path(str(out) + ".checkpoint.sqlite")
     args = run_args(data, out, mock_server, fast_config)
     proc = start_cli(*args)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        try:
-            conn = sqlite3.connect(f"file:{checkpoint}?mode=ro", uri=True)
-            polling = conn.execute("SELECT count(*) FROM items WHERE state='polling'").fetchone()[0]
-            conn.close()
-        except sqlite3.Error:
-            continue
-        if polling == 12:
-            break
+    wait_until(lambda: count(checkpoint, RowState.POLLING) == 12)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    time.sleep(1.5)  # the laptop sleeps; nobody polls; the ids expire
+    mock_server.advance(2.0)  # the laptop sleeps; nobody polls; the ids expire
     mock_server.configure(p202=0.0, pending_polls=1)
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from batchrun.errors import ConfigError
-from batchrun.mock_server import MockServer
 from batchrun.parsing import extract_fields, parse_answer
 from batchrun.templates import PromptTemplate, Template, TemplateProblem
+from batchrun.testing import MockServer
 
 from .conftest import REPO, prompts, run_cli, write_jsonl
 from .test_e2e import read_output, run_args

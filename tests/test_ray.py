@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from batchrun.lifecycle import RowState
-from batchrun.mock_server import MockServer
+from batchrun.testing import MockServer
 
 from .conftest import prompts, run_cli, start_cli, write_jsonl
 from .ledger import count, row_states, wait_until

@@ -21,16 +21,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from batchrun.checkpoint import open_reader
-from batchrun.lifecycle import RowState
 from click.testing import CliRunner
 
+from batchrun.checkpoint import open_reader
 from batchrun.cli import main
 from batchrun.errors import ConfigError
-from batchrun.mock_server import MockServer, MockSettings
+from batchrun.lifecycle import RowState
 from batchrun.report import error_cause, format_report, summarize
 from batchrun.report_html import write_html
 from batchrun.results import output_schema
+from batchrun.testing import MockServer, MockSettings
 
 from .conftest import FAST_CONFIG, prompts, run_cli, write_jsonl
 

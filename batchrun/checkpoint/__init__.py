@@ -26,7 +26,14 @@ from .queries import (
 )
 from .reuse import ReusedAnswer
 from .schema import SCHEMA_VERSION
-from .store import Checkpoint, DuplicateRowId, IngestRow, open_reader, remove_checkpoint
+from .store import (
+    Checkpoint,
+    DuplicateRowId,
+    IngestRow,
+    open_reader,
+    remove_checkpoint,
+    remove_if_never_written,
+)
 from .writer import FLUSH_INTERVAL_S, CheckpointWriter
 
 __all__ = [
@@ -51,4 +58,5 @@ __all__ = [
     "open_reader",
     "output_for",
     "remove_checkpoint",
+    "remove_if_never_written",
 ]

@@ -201,8 +201,11 @@ class Names:
             return None
         found = self._ids.get(name)
         if found is None:
+            # ON CONFLICT: another connection (a resume's reuse) may have added it meanwhile.
             found = self._conn.execute(
-                "INSERT INTO names (name) VALUES (?) RETURNING id", (name,)
+                "INSERT INTO names (name) VALUES (?) ON CONFLICT (name) DO UPDATE "
+                "SET name = excluded.name RETURNING id",
+                (name,),
             ).fetchone()[0]
             self._ids[name] = found
             self._new.append(name)

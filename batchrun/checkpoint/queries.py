@@ -201,7 +201,8 @@ class CheckpointReader:
         rows = self._conn.execute(
             "SELECT r.cause, count(*), max(r.error) FROM items JOIN results AS r "
             f"ON r.idx = items.idx WHERE {OPEN} AND items.state = ? "
-            "GROUP BY r.cause ORDER BY 2 DESC, 1 LIMIT ?",
+            "GROUP BY r.cause ORDER BY 2 DESC, "
+            "coalesce((SELECT name FROM names WHERE id = r.cause), 'unknown') LIMIT ?",
             (STATE_CODES[RowState.FAILED], limit),
         ).fetchall()
         causes = [FailureCause(self._name(c) or "unknown", int(n), e) for c, n, e in rows]

@@ -65,7 +65,10 @@ _SOURCES = {
 
 def from_checkpoint(conn: sqlite3.Connection, source: Path, keep_bodies: bool) -> int:
     """Answer pending rows from `source`'s done rows. Returns rows answered."""
-    conn.execute("ATTACH DATABASE ? AS src", (sqlite_uri(source, readonly=True),))
+    try:
+        conn.execute("ATTACH DATABASE ? AS src", (sqlite_uri(source, readonly=True),))
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"--reuse {source}: not a batchrun checkpoint ({exc})") from None
     try:
         version = _source_version(conn, source)
         _start(conn)

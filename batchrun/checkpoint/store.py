@@ -20,7 +20,7 @@ from batchrun.payloads import PreparedRow
 
 from . import reuse
 from .queries import CheckpointReader
-from .schema import OPEN, STATE_CODES, connect, migrate
+from .schema import APP_ID, OPEN, STATE_CODES, connect, migrate
 from .values import encode_extra
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ class Checkpoint(CheckpointReader):
             (_CODE[RowState.FAILED],),
         )
         chosen = "idx IN (SELECT idx FROM temp.again)"
-        # Attempts and the first submission carry over into the next try; tokens a failed
-        # row was charged (a rare error body with usage) stay counted in `totals`.
+        # Attempts and the first submission carry over into the next try (they stay in
+        # `totals`); the failed result itself, tokens included, leaves the ledger.
         conn.execute(
             "INSERT OR REPLACE INTO live (idx, attempts, first_submit_at) "
             f"SELECT idx, attempts, first_submit_at FROM results WHERE {chosen}"
@@ -226,6 +226,26 @@ def _item_values(new: IngestRow, extra_names: Sequence[str]) -> tuple[Any, ...]:
     )
 
 
+def remove_if_never_written(path: Path) -> bool:
+    """Remove a checkpoint a process was killed while creating (a SQLite file with no tables
+    yet): it holds nothing, and left there it would stop every later run. True if removed."""
+    if not path.is_file():
+        return False
+    try:
+        probe = connect(path, readonly=True)
+        try:
+            app_id = probe.execute("PRAGMA application_id").fetchone()[0]
+            tables = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError:
+        return False
+    if app_id in (0, APP_ID) and tables == 0:
+        remove_checkpoint(path)
+        return True
+    return False
+
+
 def _connect_existing(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint here")
@@ -261,9 +281,15 @@ def open_reader(path: Path) -> CheckpointReader:
     try:
         from .schema import SCHEMA_VERSION, schema_version
 
-        current = schema_version(conn) >= SCHEMA_VERSION
+        version = schema_version(conn)
     finally:
         conn.close()
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer batchrun (checkpoint schema {version}, this version "
+            f"reads up to {SCHEMA_VERSION}); upgrade batchrun to read it"
+        )
+    current = version == SCHEMA_VERSION
     if not current:
         from batchrun.lock import CheckpointLock
 

@@ -140,6 +140,7 @@ class CheckpointWriter:
                 raise CheckpointWriteError("checkpoint writer did not finish in time")
         if failure:
             raise CheckpointWriteError(f"checkpoint write failed: {failure[0]}")
+        self._check()  # an earlier commit that failed unawaited (a timer's) fails a flush too
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -1,0 +1,32 @@
+"""The local NVIDIA-compatible endpoint (`batchrun mock-server`) as a testing package.
+
+A test double for demos, tests and benchmarks, split by concern:
+`settings` (MockSettings), `clock` (the injected clock), `answers` (what a completion says),
+`streaming` (SSE), `faults` (prompt markers, fault rates, problem bodies), `validation`
+(refused requests), `assets` (NVCF asset uploads and image checks), `jobs` (ids pending a
+poll, large results), `ratelimit` (the rpm window), `stats` (the counters), `app`
+(MockEndpoint: the routes and the life of a request) and `server` (MockServer, serve).
+
+Nothing in the `batchrun` engine imports this package.
+"""
+
+from __future__ import annotations
+
+from batchrun.clock import Clock, SystemClock
+
+from .app import MockEndpoint
+from .clock import ManualClock, MovableClock, OffsetClock
+from .server import MockServer, serve
+from .settings import MockSettings
+
+__all__ = [
+    "Clock",
+    "ManualClock",
+    "MockEndpoint",
+    "MockServer",
+    "MockSettings",
+    "MovableClock",
+    "OffsetClock",
+    "SystemClock",
+    "serve",
+]

@@ -112,6 +112,11 @@ class CostGuard:
         self._max_tokens = max_tokens
         self._holds: dict[int, float] = {}
 
+    @property
+    def capped(self) -> bool:
+        """Whether there is a cap to book against (no --max-cost: nothing to do)."""
+        return self._budget is not None
+
     def holds(self, item: WorkItem) -> bool:
         return item.idx in self._holds
 

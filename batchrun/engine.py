@@ -132,8 +132,9 @@ class Engine:
         return await self.poller.until_final(item), reservation
 
     async def _submit(self, item: WorkItem) -> tuple[Answer, Reservation]:
-        # Inline or upload the row's local images first: uploads hold no submit slot.
-        messages, headers = await with_media(self.parts.media, item.messages)
+        messages, headers = item.messages, None
+        if has_local_media(messages):  # inline or upload them first: no submit slot held
+            messages, headers = await with_media(self.parts.media, messages)
         body, stream = self.builder.build_with_stream(messages, item.overrides, self.cfg.stream)
         async with self.submit_slots:
             if self.stopping:
@@ -221,6 +222,8 @@ class Engine:
     # ---- recording
 
     async def _book(self, item: WorkItem, *, force: bool = False) -> None:
+        if not self.costs.capped:
+            return
         try:
             await self.costs.book(item, force=force)
         except BudgetSpent as exc:
@@ -281,8 +284,6 @@ def pause_everyone(
 
 async def with_media(media: MediaResolver, messages: str) -> tuple[str, dict[str, str] | None]:
     """The row's messages with its local images inlined or uploaded, and the asset header."""
-    if not has_local_media(messages):
-        return messages, None
     messages, asset_ids = await media.resolve(messages)
     if not asset_ids:
         return messages, None

@@ -86,16 +86,33 @@ def run_cli(
     return result
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`batchrun ARGS` started in the background (killed after the test if still running)."""
     full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     full_env.update(env or {})
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "batchrun", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=full_env,
     )
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def no_stray_processes() -> Iterator[None]:
+    """A test that fails while its job runs must not leave the job running into the next."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def read_stderr_until(proc: subprocess.Popen[str], text: str, timeout: float = 30) -> str:

@@ -149,8 +149,8 @@ def row_states(path: Path) -> dict[str, tuple[RowState, str | None]]:
         reader.close()
 
 
-def count(path: Path, state: RowState) -> int:
-    """Rows in `state` (0 while the checkpoint cannot be read yet)."""
+def counts(path: Path) -> dict[RowState, int]:
+    """Rows per state ({} while the checkpoint cannot be read yet)."""
     import sqlite3
 
     from batchrun.checkpoint import open_reader
@@ -159,16 +159,21 @@ def count(path: Path, state: RowState) -> int:
     try:
         reader = open_reader(path)
     except (CheckpointError, sqlite3.Error):
-        return 0
+        return {}
     try:
-        return reader.counts().get(state, 0)
+        return reader.counts()
     except sqlite3.Error:
-        return 0
+        return {}
     finally:
         reader.close()
 
 
-def wait_until(condition: Any, *, timeout: float = 60.0, every: float = 0.02) -> None:
+def count(path: Path, state: RowState) -> int:
+    """Rows in `state` (0 while the checkpoint cannot be read yet)."""
+    return counts(path).get(state, 0)
+
+
+def wait_until(condition: Any, *, timeout: float = 60.0, every: float = 0.05) -> None:
     """Return once `condition()` is true; fail the test (not hang it) after `timeout` s."""
     deadline = time.monotonic() + timeout
     while not condition():

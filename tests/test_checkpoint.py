@@ -1433,7 +1433,7 @@ def test_an_awaited_write_raises_on_a_write_error(
 ) -> None:
     ingest(checkpoint, [Row(0)])
     with pytest.raises(CheckpointWriteError):
-        run(writer.fetched(Fetched(0, {"not": "bindable"})))  # type: ignore[arg-type]
+        run(writer.fetched(Fetched(0, object())))  # type: ignore[arg-type]
     assert writer.error is not None
     with pytest.raises(CheckpointWriteError):
         run(writer.located(Located(0, None, "https://x")))

@@ -19,7 +19,7 @@ from batchrun.lifecycle import RowState
 from batchrun.testing import MockServer
 
 from .conftest import REPO, prompts, run_cli, start_cli, write_jsonl
-from .ledger import count, row_states, wait_until
+from .ledger import count, counts, row_states, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -172,12 +172,17 @@ def test_kill_9_then_same_command_finishes_without_resubmitting_known_ids(
     checkpoint = Path(str(out) + ".checkpoint.sqlite")
     args = run_args(data, out, mock_server, fast_config, "--concurrency", "8", "--no-progress")
     proc = start_cli(*args)
-    wait_until(
-        lambda: count(checkpoint, RowState.DONE) >= 40 and count(checkpoint, RowState.POLLING) >= 3
-    )
-    proc.kill()
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+
+    def under_way() -> bool:
+        now = counts(checkpoint)
+        return now.get(RowState.DONE, 0) >= 40 and now.get(RowState.POLLING, 0) >= 3
+
+    try:
+        wait_until(lambda: proc.poll() is not None or under_way())
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
     states = row_states(checkpoint)  # what the checkpoint knew at the kill
     known_ids = {row: rid for row, (state, rid) in states.items() if state is RowState.POLLING}
     finished = {row for row, (state, _) in states.items() if state is RowState.DONE}
@@ -210,8 +215,8 @@ def test_sigint_stops_cleanly_with_exit_130_and_resume_command(
     args = run_args(data, out, mock_server, fast_config, "--concurrency", "4")
     proc = start_cli(*args)
     checkpoint = Path(str(out) + ".checkpoint.sqlite")
-    wait_until(lambda: count(checkpoint, RowState.DONE) >= 8)  # under way, far from done
-    proc.send_signal(signal.SIGINT)
+    wait_until(lambda: proc.poll() is not None or count(checkpoint, RowState.DONE) >= 8)
+    proc.send_signal(signal.SIGINT)  # under way, far from done
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "resume with: batchrun run" in stderr

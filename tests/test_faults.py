@@ -144,9 +144,11 @@ def test_ids_that_expired_while_the_job_was_down_are_bought_again(
     checkpoint = Path(str(out) + ".checkpoint.sqlite")
     args = run_args(data, out, mock_server, fast_config)
     proc = start_cli(*args)
-    wait_until(lambda: count(checkpoint, RowState.POLLING) == 12)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    try:
+        wait_until(lambda: count(checkpoint, RowState.POLLING) == 12)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
     mock_server.advance(2.0)  # the laptop sleeps; nobody polls; the ids expire
     mock_server.configure(p202=0.0, pending_polls=1)
     result = run_cli(*args)

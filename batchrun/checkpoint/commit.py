@@ -30,9 +30,9 @@ from .schema import STATE_CODES
 from .values import encode_request_id
 
 Callback = Callable[[BaseException | None], None]
-# Rows per statement. Only these sizes are ever compiled, so sqlite3's statement cache holds a
-# few programs (one of every other size would fill it with large ones: memory).
-_CHUNKS = (512, 64, 8, 1)
+# Result rows per INSERT: only these sizes are ever compiled, so sqlite3's statement cache holds
+# a few programs, and a commit takes one statement per bit of its row count.
+_CHUNKS = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 
 @dataclass(slots=True)
@@ -42,9 +42,12 @@ class RowChange:
     state: RowState | None = None
     live: dict[str, Any] = field(default_factory=dict)  # `live` columns to set
     finished: Finished | None = None  # the row's end: its result replaces its `live` row
+    # Sent for the first time ever in this batch: no `live` row of it exists yet.
+    first_sent: bool = False
 
     def add(self, change: Transition) -> None:
         if isinstance(change, Submitted):
+            self.first_sent = self.first_sent or change.attempts == 1
             self.state = RowState.INFLIGHT
             self.live.update(attempts=change.attempts, first_submit_at=change.first_submit_at)
         elif isinstance(change, Accepted):
@@ -98,13 +101,17 @@ class Commit:
                 by_state.setdefault(STATE_CODES[row.state], []).append(idx)
         conn.execute("BEGIN")
         try:
+            # One statement for each change of many rows (a JSON array of them), so the
+            # thread hands the GIL back and forth a few times a commit, not once a row.
             for columns, values in live_groups.items():
-                _chunked(conn, functools.partial(_upsert_live, columns), values)
+                conn.execute(_upsert_live(columns), (codec.dumps(values),))
             results = [_result(idx, f, names, keep_answer_bodies) for idx, f in finished]
             _chunked(conn, _insert_results, results)
-            _chunked(conn, _delete_live, [(idx,) for idx, _ in finished])
+            had_live = [idx for idx, _ in finished if not self.rows[idx].first_sent]
+            if had_live:
+                conn.execute(_DELETE_LIVE, (codec.dumps(had_live),))
             for code, idxs in by_state.items():
-                _chunked(conn, functools.partial(_set_state, code), [(i,) for i in idxs])
+                conn.execute(_SET_STATE, (code, codec.dumps(idxs)))
             _add_totals(conn, [f for _, f in finished], self.submissions)
             crash_point("commit")
             conn.execute("COMMIT")
@@ -152,7 +159,8 @@ def _chunked(conn: Any, sql_for: Callable[[int], str], rows: list[tuple[Any, ...
 
     executemany runs one statement per row, and Python's sqlite3 gives up the GIL around
     each; with the event loop busy on the other core, getting it back cost more than the
-    SQL itself. A handful of multi-row statements hand it over a handful of times.
+    SQL itself. A handful of multi-row statements hand it over a handful of times. (Results
+    carry request ids as blobs, which a JSON array cannot hold: hence VALUES lists here.)
     """
     start = 0
     for size in _CHUNKS:
@@ -162,30 +170,26 @@ def _chunked(conn: Any, sql_for: Callable[[int], str], rows: list[tuple[Any, ...
             start += size
 
 
-@functools.lru_cache(maxsize=64)
-def _upsert_live(columns: tuple[str, ...], rows: int) -> str:
-    marks = "(" + ",".join("?" * (len(columns) + 1)) + ")"
+@functools.lru_cache(maxsize=16)
+def _upsert_live(columns: tuple[str, ...]) -> str:
+    """Set `columns` of `live` rows from a JSON array of [idx, *values] (WHERE true: the
+    upsert after a SELECT needs it, SQLite's grammar says)."""
+    picks = ", ".join(f"value ->> {i}" for i in range(len(columns) + 1))
     sets = ", ".join(f"{c} = excluded.{c}" for c in columns)
     return (
-        f"INSERT INTO live (idx, {', '.join(columns)}) VALUES {','.join([marks] * rows)} "
-        f"ON CONFLICT (idx) DO UPDATE SET {sets}"
+        f"INSERT INTO live (idx, {', '.join(columns)}) SELECT {picks} FROM json_each(?) "
+        f"WHERE true ON CONFLICT (idx) DO UPDATE SET {sets}"
     )
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _insert_results(rows: int) -> str:
     marks = "(" + ",".join("?" * 20) + ")"
     return f"INSERT OR REPLACE INTO results VALUES {','.join([marks] * rows)}"
 
 
-@functools.lru_cache(maxsize=8)
-def _delete_live(rows: int) -> str:
-    return f"DELETE FROM live WHERE idx IN ({','.join('?' * rows)})"
-
-
-@functools.lru_cache(maxsize=64)
-def _set_state(code: int, rows: int) -> str:
-    return f"UPDATE items SET state = {code} WHERE idx IN ({','.join('?' * rows)})"
+_DELETE_LIVE = "DELETE FROM live WHERE idx IN (SELECT value FROM json_each(?))"
+_SET_STATE = "UPDATE items SET state = ? WHERE idx IN (SELECT value FROM json_each(?))"
 
 
 class Names:

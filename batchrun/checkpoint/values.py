@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,16 +34,23 @@ def decode_extra(text: str | None, names: Sequence[str]) -> dict[str, Any]:
 def encode_request_id(request_id: str | None) -> str | bytes | None:
     if request_id is None or len(request_id) != 36:
         return request_id
+    r = request_id
+    if r[8] != "-" or r[13] != "-" or r[18] != "-" or r[23] != "-":
+        return request_id
+    digits = r[:8] + r[9:13] + r[14:18] + r[19:23] + r[24:]
+    # Canonical only (lowercase hex digits): those read back exactly as they came.
+    if not digits.isalnum() or not digits.islower() and not digits.isdigit():
+        return request_id
     try:
-        parsed = uuid.UUID(request_id)
+        return bytes.fromhex(digits)
     except ValueError:
         return request_id
-    return parsed.bytes if str(parsed) == request_id else request_id
 
 
 def decode_request_id(stored: str | bytes | None) -> str | None:
     if isinstance(stored, bytes):
-        return str(uuid.UUID(bytes=stored))
+        h = stored.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     return stored
 
 

@@ -205,6 +205,39 @@ class Sink(Protocol):
     def finished(self, change: Finished) -> None: ...
 
 
+class BatchingSink:
+    """A Sink that gathers the plain records and commits the awaited ones at once: the
+    checkpoint writer batches for its thread, the Ray proxy for its actor. Subclasses say
+    how a record is gathered (`_later`) and how one is committed before returning (`_now`).
+    """
+
+    __slots__ = ()
+
+    def _later(self, change: Transition) -> None:
+        raise NotImplementedError
+
+    async def _now(self, change: Transition) -> None:
+        raise NotImplementedError
+
+    def submitted(self, change: Submitted) -> None:
+        self._later(change)
+
+    def accepted(self, change: Accepted) -> None:
+        self._later(change)
+
+    async def fetched(self, change: Fetched) -> None:
+        await self._now(change)
+
+    async def located(self, change: Located) -> None:
+        await self._now(change)
+
+    def forgotten(self, change: Forgotten) -> None:
+        self._later(change)
+
+    def finished(self, change: Finished) -> None:
+        self._later(change)
+
+
 class Lifecycle:
     """The only way the engine moves a row: checks the move, updates the item, records it."""
 

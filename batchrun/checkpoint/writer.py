@@ -21,15 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchrun.errors import CheckpointWriteError
-from batchrun.lifecycle import (
-    Accepted,
-    Fetched,
-    Finished,
-    Forgotten,
-    Located,
-    Submitted,
-    Transition,
-)
+from batchrun.lifecycle import BatchingSink, Transition
 
 from .commit import Callback, Commit, Names
 from .schema import connect
@@ -65,7 +57,7 @@ _Work = _Changes | _Barrier | _Stop
 # ---------------------------------------------------------------- the thread
 
 
-class CheckpointWriter:
+class CheckpointWriter(BatchingSink):
     """The lifecycle Sink over the checkpoint file: a thread with its own connection."""
 
     def __init__(
@@ -82,26 +74,6 @@ class CheckpointWriter:
         self.commits = 0
         self._thread = threading.Thread(target=self._run, name="batchrun-checkpoint", daemon=True)
         self._thread.start()
-
-    # ---- lifecycle.Sink
-
-    def submitted(self, change: Submitted) -> None:
-        self._put(change)
-
-    def accepted(self, change: Accepted) -> None:
-        self._put(change)
-
-    async def fetched(self, change: Fetched) -> None:
-        await self._put_now(change)
-
-    async def located(self, change: Located) -> None:
-        await self._put_now(change)
-
-    def forgotten(self, change: Forgotten) -> None:
-        self._put(change)
-
-    def finished(self, change: Finished) -> None:
-        self._put(change)
 
     # ---- batches from elsewhere (Ray's checkpoint service), flushing, closing
 
@@ -154,7 +126,7 @@ class CheckpointWriter:
         if self.error is not None:
             raise CheckpointWriteError(f"checkpoint write failed: {self.error}")
 
-    def _put(self, change: Transition) -> None:
+    def _later(self, change: Transition) -> None:
         self._check()
         try:
             loop = asyncio.get_running_loop()
@@ -165,7 +137,7 @@ class CheckpointWriter:
         if self._handoff_timer is None:
             self._handoff_timer = loop.call_later(self._interval, self.handoff)
 
-    async def _put_now(self, change: Transition) -> None:
+    async def _now(self, change: Transition) -> None:
         """Queue a transition and return once it (and all before it) is committed."""
         self._check()
         loop = asyncio.get_running_loop()

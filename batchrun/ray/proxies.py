@@ -15,15 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from batchrun.budget import BudgetSpent
-from batchrun.lifecycle import (
-    Accepted,
-    Fetched,
-    Finished,
-    Forgotten,
-    Located,
-    Submitted,
-    Transition,
-)
+from batchrun.lifecycle import BatchingSink, Transition
 from batchrun.limits import Reservation
 
 SINK_INTERVAL_S = 0.1
@@ -92,7 +84,7 @@ class RemoteLimiter:
         self._checked = 0.0
 
 
-class RemoteSink:
+class RemoteSink(BatchingSink):
     """lifecycle.Sink, backed by the CheckpointService: transitions shipped every 100 ms."""
 
     def __init__(self, service: Any) -> None:
@@ -100,7 +92,7 @@ class RemoteSink:
         self._changes: list[Transition] = []
         self._timer: asyncio.TimerHandle | None = None
 
-    def _add(self, change: Transition) -> None:
+    def _later(self, change: Transition) -> None:
         self._changes.append(change)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(SINK_INTERVAL_S, self.send)
@@ -124,24 +116,6 @@ class RemoteSink:
             self._timer.cancel()
             self._timer = None
         await self._service.apply_now.remote(changes)
-
-    def submitted(self, change: Submitted) -> None:
-        self._add(change)
-
-    def accepted(self, change: Accepted) -> None:
-        self._add(change)
-
-    async def fetched(self, change: Fetched) -> None:
-        await self._now(change)
-
-    async def located(self, change: Located) -> None:
-        await self._now(change)
-
-    def forgotten(self, change: Forgotten) -> None:
-        self._add(change)
-
-    def finished(self, change: Finished) -> None:
-        self._add(change)
 
 
 class RemoteAssets:

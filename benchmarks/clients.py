@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from .datasets import prompt, row_id
 from .endpoints import HERE, batchrun_exe
 
 MINIMAL, OPENAI, BATCHRUN = "minimal aiohttp loop", "openai SDK loop", "batchrun"
+PREVIOUS_RELEASE = "c33050f"  # the last commit before the compact ledger (checkpoint schema 1)
+PREVIOUS = f"batchrun {PREVIOUS_RELEASE} (previous release)"
+ROOT = Path(__file__).resolve().parent.parent
 FIXED_CONTENT = "The answer is 42."
 SUMMARY = re.compile(r"batchrun: (\d+) rows: (\d+) ok, (\d+) failed, (\d+) invalid")
 REBUYS = re.compile(r"(\d+) re-sent after their id expired")
@@ -63,6 +67,30 @@ def batchrun_command(
     cmd = [*batchrun_exe(), "run", str(prompts), "-o", str(out), "--base-url", base_url]
     cmd += ["--no-progress", "--no-thinking", *options]
     return cmd + (["--fresh"] if fresh else [])
+
+
+def previous_release(workdir: Path) -> Path | None:
+    """The previous release's package, exported with `git archive` into `workdir` (None
+    without git history); run it with PYTHONPATH set to the folder, from outside the repo."""
+    target = workdir / f"batchrun-{PREVIOUS_RELEASE}"
+    if (target / "batchrun" / "__init__.py").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE, "batchrun"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        return None
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def previous_command(prompts: Path, out: Path, base_url: str, *options: str) -> list[str]:
+    """batchrun_command for the previous release (`python -m batchrun`)."""
+    cmd = batchrun_command(prompts, out, base_url, *options)
+    return [sys.executable, "-m", "batchrun", *cmd[len(batchrun_exe()) :]]
 
 
 def check_loop(out: Path, rows: int, expected: Expected) -> str | None:

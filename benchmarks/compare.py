@@ -8,6 +8,7 @@ the fixed-response endpoint, `latency` the 50 ms mock in its own process.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,18 @@ from .clients import (
     MINIMAL,
     MOCK,
     OPENAI,
+    PREVIOUS,
     Expected,
     batchrun_command,
     check_batchrun,
     check_loop,
     loop_command,
+    previous_command,
 )
 from .context import (
-    CLIENTS,
+    CLIENTS as CLIENT_ORDER,
+)
+from .context import (
     CONCURRENCY,
     FAST_OPTIONS,
     LATENCY_S,
@@ -55,7 +60,7 @@ class Sample:
     @property
     def inner_s(self) -> float | None:
         """The client's own timing: after interpreter start and imports."""
-        if self.client == BATCHRUN:
+        if self.client in (BATCHRUN, PREVIOUS):
             match = re.search(r"wall time ([\d.]+)s", self.run.stderr)
             return float(match.group(1)) if match else None
         try:
@@ -72,19 +77,25 @@ def _one_client(
     if mock is not None:
         post_json(mock.base_url.rsplit("/v1", 1)[0] + "/_mock/reset", {})
         server_cpu = proc_cpu_seconds(mock.proc.pid)
+    env, cwd = None, None
     if client == BATCHRUN:
         out = where / f"batchrun-{k}.parquet"
         cmd = batchrun_command(prompts, out, server.base_url, *FAST_OPTIONS)
+    elif client == PREVIOUS:
+        out = where / f"previous-{k}.parquet"
+        cmd = previous_command(prompts, out, server.base_url, *FAST_OPTIONS)
+        # Its own folder first on the path, and not this repository as the working folder.
+        env, cwd = {**os.environ, "PYTHONPATH": str(ctx.previous)}, ctx.previous
     else:
         out = where / f"{slug(client)}-{k}.json"
         out.unlink(missing_ok=True)
         cmd = loop_command(client, server.chat_url, prompts, out, CONCURRENCY)
-    result = run(cmd, where / f"{slug(client)}-{k}", timeout=900)
+    result = run(cmd, where / f"{slug(client)}-{k}", timeout=900, env=env, cwd=cwd)
     sample = Sample(client, k, result, None)
     if mock is not None:
         sample.server_cpu_s = proc_cpu_seconds(mock.proc.pid) - server_cpu
     error = f"exit {result.rc}: {result.stderr.strip()[-300:]}" if result.rc != 0 else None
-    if error is None and client == BATCHRUN:
+    if error is None and client in (BATCHRUN, PREVIOUS):
         error = check_batchrun(out, rows, expected, result.stderr)
     elif error is None:
         error = check_loop(out, rows, expected)
@@ -103,13 +114,13 @@ def _compare(
     """Rounds of each client in turn on the same prompts; a discarded warm-up first."""
     where = ctx.workdir / name
     warm = ctx.size("warmup_rows")
-    for client in CLIENTS:
+    for client in ctx.clients():
         _one_client(ctx, where / "warmup", client, 0, server, prompt_set(ctx.data, warm), warm,
                     expected)  # fmt: skip
     prompts = prompt_set(ctx.data, rows)
     samples = []
     for k in range(1, ctx.size("rounds") + 1):
-        for client in CLIENTS:
+        for client in ctx.clients():
             if client == OPENAI and k > ctx.size("openai_rounds"):
                 continue
             sample = _one_client(ctx, where, client, k, server, prompts, rows, expected)
@@ -119,7 +130,9 @@ def _compare(
     return samples
 
 
-def _comparison_table(samples: list[Sample], rows: int, section: Section) -> dict[str, list[float]]:
+def _comparison_table(
+    samples: list[Sample], rows: int, section: Section, clients: list[str]
+) -> dict[str, list[float]]:
     """Fill the section's table; returns each client's per-round rate ratios vs the loop."""
     base = {s.round: s.run.wall_s for s in samples if s.client == MINIMAL and s.error is None}
     ratios: dict[str, list[float]] = {}
@@ -128,7 +141,7 @@ def _comparison_table(samples: list[Sample], rows: int, section: Section) -> dic
         "rate vs minimal loop, same round (min / median / max)", "peak RSS MiB (median)",
         "CPU s (median)", "own timing s, after start-up (median)",
     ]  # fmt: skip
-    for client in CLIENTS:
+    for client in clients:
         mine = [s for s in samples if s.client == client]
         good = [s for s in mine if s.error is None]
         walls = [s.run.wall_s for s in good]
@@ -186,7 +199,7 @@ def throughput(ctx: Context) -> Section:
     before = load_average()
     samples = _compare(ctx, "throughput", server, rows, FIXED)
     section.load = f"{before} → {load_average()}"
-    ratios = _comparison_table(samples, rows, section)
+    ratios = _comparison_table(samples, rows, section, ctx.clients())
     section.commands = [" ".join(s.run.cmd) for s in samples if s.round == 1]
     section.verdicts.append(_ratio_verdict(ratios[BATCHRUN], 0.7, "fixed endpoint"))
     section.notes += _what_limits(samples, rows, section.verdicts[-1])
@@ -194,6 +207,7 @@ def throughput(ctx: Context) -> Section:
         "openai SDK loop rate vs minimal loop (no target): "
         + (f"{spread(ratios[OPENAI])[1]:.3f}× median" if ratios[OPENAI] else "no valid run")
     )
+    section.notes += _against_previous(samples)
     section.notes += _where_time_goes(samples, rows)
     return section
 
@@ -220,6 +234,22 @@ def _medians(samples: list[Sample], client: str, rows: int) -> _Medians | None:
     )
 
 
+def _against_previous(samples: list[Sample]) -> list[str]:
+    """This release's rate over the previous release's, round by round (no target)."""
+    before = {s.round: s.run.wall_s for s in samples if s.client == PREVIOUS and s.error is None}
+    ratios = [
+        before[s.round] / s.run.wall_s
+        for s in samples
+        if s.client == BATCHRUN and s.error is None and s.round in before
+    ]
+    if not ratios:
+        return []
+    return [
+        f"this release vs the previous release, same rounds (no target): "
+        f"{fmt_spread(ratios, 3)} (min / median / max; above 1: this release is faster)"
+    ]
+
+
 def _where_time_goes(samples: list[Sample], rows: int) -> list[str]:
     """What limits each client: CPU per row and start-up (wall minus its own timing)."""
     base = {s.round: s.inner_s for s in samples if s.client == MINIMAL and s.error is None}
@@ -235,7 +265,7 @@ def _where_time_goes(samples: list[Sample], rows: int) -> list[str]:
             f"and imports (same rounds): {fmt_spread(inner_ratios, 3)} (min / median / max); "
             "not the target's measure, shown to split the gap into start-up and steady state"
         )
-    for client in CLIENTS:
+    for client in sorted({s.client for s in samples}, key=[*CLIENT_ORDER].index):
         m = _medians(samples, client, rows)
         if m is None:
             continue
@@ -289,11 +319,11 @@ def latency(ctx: Context) -> Section:
     finally:
         mock.stop()
     section.load = f"{before} → {load_average()}"
-    ratios = _comparison_table(samples, rows, section)
+    ratios = _comparison_table(samples, rows, section, ctx.clients())
     section.commands = [" ".join(s.run.cmd) for s in samples if s.round == 1]
     section.verdicts.append(_ratio_verdict(ratios[BATCHRUN], 0.95, "50 ms endpoint"))
     section.notes += _what_limits(samples, rows, section.verdicts[-1])
-    for client in CLIENTS:
+    for client in ctx.clients():
         good = [s for s in samples if s.client == client and s.error is None]
         if good:
             share = rows / spread([s.run.wall_s for s in good])[1] / ideal
@@ -302,5 +332,6 @@ def latency(ctx: Context) -> Section:
                 f"{client}: {share:.1%} of the ideal {ideal:,.0f} rows/s; the mock was busy "
                 f"{busy:.0%} of a core meanwhile (median)"
             )
+    section.notes += _against_previous(samples)
     section.notes += _where_time_goes(samples, rows)
     return section

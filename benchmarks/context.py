@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .clients import BATCHRUN, MINIMAL, OPENAI
+from .clients import BATCHRUN, MINIMAL, OPENAI, PREVIOUS, previous_release
 from .endpoints import Server, start_fixed
 from .measure import spread
 
@@ -54,7 +54,7 @@ QUICK: dict[str, Any] = {
 CONCURRENCY = 64
 FAST_OPTIONS = ("--concurrency", "64", "--rpm", "0", "--max-pending", "256")
 LATENCY_S = 0.05
-CLIENTS = (MINIMAL, OPENAI, BATCHRUN)
+CLIENTS = (MINIMAL, OPENAI, BATCHRUN, PREVIOUS)
 MIB_LIMIT = 200
 
 
@@ -70,6 +70,17 @@ class Context:
     fallback_reason: str | None = None
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    _previous: list[Path | None] = field(default_factory=list)
+
+    @property
+    def previous(self) -> Path | None:
+        """The previous release, exported once (None without git history)."""
+        if not self._previous:
+            self._previous.append(previous_release(self.workdir / "previous"))
+        return self._previous[0]
+
+    def clients(self) -> list[str]:
+        return [c for c in CLIENTS if c != PREVIOUS or self.previous is not None]
 
     def size(self, key: str) -> Any:
         return (QUICK if self.quick else FULL)[key]
@@ -115,7 +126,7 @@ def fmt_median(values: list[float], digits: int = 1) -> str:
 
 
 def slug(client: str) -> str:
-    return client.split()[0].lower()
+    return "previous" if client == PREVIOUS else client.split()[0].lower()
 
 
 def sizes(ctx: Context) -> dict[str, Any]:

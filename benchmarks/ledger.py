@@ -11,40 +11,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .clients import PREVIOUS_RELEASE, ROOT
 from .context import Context, fmt, log
 from .datasets import review_set
 from .endpoints import batchrun_exe, start_mock
 from .measure import load_average, run
 from .report import Section, Verdict
 
-ROOT = Path(__file__).resolve().parent.parent
-PREVIOUS_RELEASE = "c33050f"  # the last commit before the compact ledger (checkpoint schema 1)
 TARGET_BYTES = 700
-
-
-def _previous_release(workdir: Path) -> Path | None:
-    """The previous release's package, exported into `workdir` (None without git history)."""
-    target = workdir / f"batchrun-{PREVIOUS_RELEASE}"
-    if (target / "batchrun" / "__init__.py").exists():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE, "batchrun"],
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode != 0:
-        log(f"ledger: no git history for {PREVIOUS_RELEASE}: {archive.stderr.decode()[-200:]}")
-        return None
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target
 
 
 def _command(reviews: Path, out: Path, base_url: str, exe: list[str]) -> list[str]:
@@ -107,7 +87,7 @@ def ledger(ctx: Context) -> Section:
     )
     before = load_average()
     results: dict[str, float] = {}
-    previous = _previous_release(where)
+    previous = ctx.previous
     releases = [("this release", batchrun_exe(), None)]
     if previous is not None:
         old_exe = [sys.executable, "-m", "batchrun"]

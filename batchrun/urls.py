@@ -53,23 +53,17 @@ def status_url_template(key: str, template: str) -> str:
     """Where 202 results are polled: needs `{request_id}`; may use `{base_url}`, `{origin}`."""
     if "{request_id}" not in template:
         raise ConfigError(f"{key} must contain {{request_id}}, got {template!r}")
-    try:
-        filled = template.format(**_SAMPLE_VALUES, request_id="id")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"{key}: only {{base_url}}, {{origin}} and {{request_id}} may be used, got {template!r}"
-        ) from exc
-    http_url(key, filled)
-    return template
+    return url_template(key, template, request_id="id")
 
 
-def url_template(key: str, template: str) -> str:
-    """A URL that may use `{base_url}` and `{origin}` (the asset API's)."""
+def url_template(key: str, template: str, **more: str) -> str:
+    """A URL that may use `{base_url}` and `{origin}` (the asset API's), and the fields
+    named in `more` (their sample values fill them for the check)."""
     try:
-        filled = template.format(**_SAMPLE_VALUES)
+        filled = template.format(**_SAMPLE_VALUES, **more)
     except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"{key}: only {{base_url}} and {{origin}} may be used, got {template!r}"
-        ) from exc
+        allowed = [f"{{{name}}}" for name in (*_SAMPLE_VALUES, *more)]
+        listed = f"{', '.join(allowed[:-1])} and {allowed[-1]}"
+        raise ConfigError(f"{key}: only {listed} may be used, got {template!r}") from exc
     http_url(key, filled)
     return template

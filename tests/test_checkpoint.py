@@ -536,6 +536,17 @@ def test_offline_failed_rows_are_retried_by_a_run_that_is_not_offline(ckpt: Path
     finally:
         c.close()
     assert_totals_kept(ckpt)
+    # Never sent, so their first send is attempt 1 and nothing of them stays in `live`
+    # once they finish (the writer deletes no `live` row for a first send).
+    assert peek(ckpt, "SELECT idx FROM live") == []
+    done = Outcome(S.DONE, Completion(content="ok"))
+    w = CheckpointWriter(ckpt, interval=NO_TIMER)
+    try:
+        w.apply([Submitted(0, 1, NOW), Finished(0, done, 1, NOW, NOW)])
+        w.flush()
+    finally:
+        w.close()
+    assert peek(ckpt, "SELECT idx FROM live") == []
 
 
 def test_retry_failed_in_an_offline_run_retries_every_failed_row(ckpt: Path) -> None:

@@ -149,10 +149,13 @@ class Checkpoint(CheckpointReader):
         )
         chosen = "idx IN (SELECT idx FROM temp.again)"
         # Attempts and the first submission carry over into the next try (they stay in
-        # `totals`); the failed result itself, tokens included, leaves the ledger.
+        # `totals`); the failed result itself, tokens included, leaves the ledger. A row
+        # never sent (an --offline failure) gets no `live` row: the writer takes a first
+        # send to mean there is none to delete when the row finishes.
         conn.execute(
             "INSERT OR REPLACE INTO live (idx, attempts, first_submit_at) "
-            f"SELECT idx, attempts, first_submit_at FROM results WHERE {chosen}"
+            f"SELECT idx, attempts, first_submit_at FROM results WHERE {chosen} "
+            "AND attempts > 0"
         )
         self._forget_results(chosen)
         n = conn.execute(

@@ -1936,6 +1936,28 @@ def test_a_new_checkpoint_is_not_migrated_on_open(
     assert peek(ckpt, "SELECT * FROM migrations") == first
 
 
+def test_a_new_checkpoint_appears_whole_or_not_at_all(
+    ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader at a job's first instant (status, a test's poll) never sees a checkpoint at
+    an older version, which it would try to upgrade under the lock the job holds."""
+    last = schema.MIGRATIONS[-1]
+
+    def cut(conn: sqlite3.Connection) -> None:
+        raise RuntimeError("killed while making the checkpoint")
+
+    monkeypatch.setattr(
+        schema, "MIGRATIONS", (*schema.MIGRATIONS[:-1], dataclasses.replace(last, apply=cut))
+    )
+    with pytest.raises(RuntimeError, match="killed"):
+        Checkpoint.create(ckpt)
+    assert peek(ckpt, "SELECT name FROM sqlite_master") == []  # nothing of the first ones
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="empty"):
+        open_reader(ckpt).close()  # and a reader neither upgrades nor waits for its lock
+    assert peek(ckpt, "SELECT name FROM sqlite_master") == []
+
+
 def test_reuse_from_a_schema_1_checkpoint_leaves_it_as_it_was(tmp: Path, ckpt: Path) -> None:
     source = write_v1(tmp / "earlier.sqlite")
     before = source.read_bytes()

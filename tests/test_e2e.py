@@ -196,8 +196,10 @@ def test_kill_9_then_same_command_finishes_without_resubmitting_known_ids(
     prompt_of = {r["id"]: r["prompt"] for r in inputs}
     # An id whose answer was already handed out when the kill came (consume-once, in
     # transit, not yet committed) cannot be polled again: that row must be bought again.
+    # Polls come back in bursts (ids accepted together are answered on the same tick), so
+    # a burst can be in transit; more would mean answers waited for a commit they do not.
     in_transit = [r for r in known_ids if before[prompt_of[r]]["delivered"] > 0]
-    assert len(in_transit) <= 3, in_transit
+    assert len(in_transit) <= 8, in_transit
     for row in [*(set(known_ids) - set(in_transit)), *finished]:
         p = prompt_of[row]
         assert after[p]["submissions"] == before[p]["submissions"], f"{row} was sent again"

@@ -229,7 +229,9 @@ def migrate(
     """Apply every migration the checkpoint lacks, in order. Returns the version before.
 
     Each migration runs in one transaction together with the record of it, so a kill
-    during one leaves the checkpoint at the version before, as if it had not started.
+    during one leaves the checkpoint at the version before, as if it had not started. A new
+    checkpoint is made in one transaction: a reader (`status` at a job's first instant) sees
+    an empty file or a whole one, never one an upgrade would have to finish.
     """
     before = schema_version(conn)
     if before > SCHEMA_VERSION:
@@ -239,13 +241,15 @@ def migrate(
         )
     if before and before < SCHEMA_VERSION and on_upgrade is not None:
         on_upgrade(before, SCHEMA_VERSION)
-    for migration in MIGRATIONS[before:]:
+    steps = MIGRATIONS[before:]
+    for together in [steps] if before == 0 else [[m] for m in steps]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if migration.version == 1:
-                conn.execute(f"PRAGMA application_id={APP_ID}")
-            migration.apply(conn)
-            _record(conn, migration)
+            for migration in together:
+                if migration.version == 1:
+                    conn.execute(f"PRAGMA application_id={APP_ID}")
+                migration.apply(conn)
+                _record(conn, migration)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -292,6 +292,8 @@ def open_reader(path: Path) -> CheckpointReader:
             f"{path}: written by a newer batchrun (checkpoint schema {version}, this version "
             f"reads up to {SCHEMA_VERSION}); upgrade batchrun to read it"
         )
+    if version == 0:  # a job's first instant: it is making the file
+        raise CheckpointError(f"{path}: empty (a job that has just started is making it)")
     current = version == SCHEMA_VERSION
     if not current:
         from batchrun.lock import CheckpointLock

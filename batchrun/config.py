@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .body_fields import check_body_fields
 from .config_keys import VALIDATORS, load_tools_file, request_params
 from .errors import AuthError, ConfigError
 from .urls import is_nvidia_host, sends_key_in_clear
@@ -82,6 +83,7 @@ class RunConfig:
     limit: int | None = None
     dry_run: bool = False
     progress: bool | None = None
+    progress_interval: float = 60.0  # a status line this often when stderr is not a terminal
     grace: float = 30.0
     max_failures: str | None = None  # "N" rows, or "N%" of rows finished this run
     engine: str = "local"  # or "ray"
@@ -172,12 +174,13 @@ class RunConfig:
         return data
 
     def identity(self, input_digests: list[str]) -> dict[str, Any]:
-        """What the work is: inputs plus every setting that changes what is sent."""
+        """What the work is: inputs plus every setting that changes what is sent. Not
+        `limit`: a job whose limit is raised goes on (new rows are read), one whose limit is
+        lowered shows fewer rows; neither is another job."""
         return {
             "inputs": input_digests,
             "base_url": self.base_url.rstrip("/"),
             "body": self.body_template(),
-            "limit": self.limit,
             "prompt_template": self.prompt_template,
             "system_prompt": self.system_prompt,
         }
@@ -188,18 +191,54 @@ def fingerprint(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+# Identity keys of earlier releases that no longer make a job another job.
+RETIRED_IDENTITY_KEYS = ("limit",)
+
+
+def same_job(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's recorded identity is this job's (retired keys aside)."""
+    kept = {k: v for k, v in old.items() if k not in RETIRED_IDENTITY_KEYS}
+    return fingerprint(kept) == fingerprint(new)
+
+
 def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Names of what differs between two identities, e.g. ['inputs', 'body.temperature']."""
+    """What differs between two identities, with the old and new values:
+    ['body.temperature: 0.6 -> 0.1', 'inputs: the content of in.jsonl changed']."""
     changed: list[str] = []
-    for key in sorted(set(old) | set(new)):
+    for key in sorted((set(old) | set(new)) - set(RETIRED_IDENTITY_KEYS)):
         a, b = old.get(key), new.get(key)
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            changed += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            changed += [
+                f"{key}.{k}: {_shown(a.get(k))} -> {_shown(b.get(k))}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        elif key == "inputs":
+            changed.append(_inputs_change(a or [], b or []))
         else:
-            changed.append(key)
+            changed.append(f"{key}: {_shown(a)} -> {_shown(b)}")
     return changed
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it (long ones cut)."""
+    if value is None:
+        return "(none)"
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def _inputs_change(old: list[str], new: list[str]) -> str:
+    if len(old) != len(new):
+        return f"inputs: {_files(len(old))} -> {_files(len(new))}"
+    which = [str(i + 1) for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    return f"inputs: the content of input file {', '.join(which)} (of {len(new)}) changed"
 
 
 def failure_budget(spec: str | None) -> tuple[int | None, float | None]:
@@ -299,6 +338,7 @@ def _check_consistency(cfg: RunConfig) -> None:
         raise ConfigError("backoff_max must be >= backoff_base")
     if "model" in cfg.params:
         raise ConfigError("params.model: set the model with --model / model = ...")
+    check_body_fields(cfg.params, "params", nvidia=cfg.is_nvidia())
     if cfg.is_nvidia() and cfg.timeout <= cfg.hold_seconds:
         raise ConfigError(
             f"timeout ({cfg.timeout:g}s) must be longer than hold_seconds ({cfg.hold_seconds}s): "

@@ -12,6 +12,7 @@ acceptable is `urls.py`'s.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,8 +43,15 @@ def _optional_limit(key: str, value: Any) -> int | None:
 
 
 def _pricing(key: str, value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping) or not set(value) <= {"prompt", "completion"} or not value:
+    if not isinstance(value, Mapping) or not value:
         raise ConfigError(f"{key} must be a table with prompt and completion (USD per 1M tokens)")
+    for name in value:
+        if name not in ("prompt", "completion"):
+            close = difflib.get_close_matches(name, ["completion", "prompt"], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{key}.{name} is not a price (prompt and completion, USD per 1M tokens){hint}"
+            )
     for name, price in value.items():
         if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
             raise ConfigError(f"{key}.{name} must be a price >= 0 (USD per 1M tokens)")
@@ -269,6 +277,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "limit": _optional_limit,
     "dry_run": _bool,
     "progress": _optional_bool,
+    "progress_interval": _positive_float,
     "grace": _non_negative_float,
     "max_failures": _failure_budget,
     "engine": _engine,

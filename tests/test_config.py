@@ -20,6 +20,7 @@ from batchrun.config import (
     load_toml,
     parse_param,
     read_api_key,
+    same_job,
 )
 from batchrun.errors import AuthError, ConfigError
 
@@ -207,6 +208,8 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("max_pause", -1),
     ("backoff_base", -1),
     ("backoff_max", -1),
+    ("progress_interval", 0),
+    ("progress_interval", "often"),
 ]
 
 
@@ -431,13 +434,12 @@ def test_same_settings_give_same_fingerprint() -> None:
 @pytest.mark.parametrize(
     ("changes", "expected_change"),
     [
-        ({"params": {"temperature": 0.1}}, "body.temperature"),
-        ({"model": "other/model"}, "body.model"),
-        ({"base_url": "http://127.0.0.1:9/v1"}, "base_url"),
-        ({"limit": 10}, "limit"),
-        ({"thinking": False}, "body.chat_template_kwargs"),
-        ({"stream": True}, "body.stream"),
-        ({"drop_params": ["top_k"]}, "body.top_k"),
+        ({"params": {"temperature": 0.1}}, "body.temperature: 0.6 -> 0.1"),
+        ({"model": "other/model"}, "body.model: 'qwen/qwen3.5-397b-a17b' -> 'other/model'"),
+        ({"base_url": "http://127.0.0.1:9/v1"}, "base_url: 'https://integrate.api.nvidia.com/v1'"),
+        ({"thinking": False}, 'body.chat_template_kwargs: {"enable_thinking": true} -> {'),
+        ({"stream": True}, "body.stream: (none) -> true"),
+        ({"drop_params": ["top_k"]}, "body.top_k: 20 -> (none)"),
     ],
 )
 def test_changed_request_setting_changes_fingerprint(
@@ -446,7 +448,19 @@ def test_changed_request_setting_changes_fingerprint(
     base = build_config()
     changed = build_config({}, changes)
     assert fp(base) != fp(changed)
-    assert expected_change in identity_changes(base.identity(DIGESTS), changed.identity(DIGESTS))
+    changes = identity_changes(base.identity(DIGESTS), changed.identity(DIGESTS))
+    assert any(change.startswith(expected_change) for change in changes), changes
+
+
+def test_a_limit_is_not_part_of_what_the_job_is() -> None:
+    """Raising a limit extends the job and lowering it hides rows (issue 12): neither is
+    another job, and a checkpoint whose identity still names a limit is the same job."""
+    base, limited = build_config(), build_config({}, {"limit": 10})
+    assert fp(base) == fp(limited)
+    recorded = {**limited.identity(DIGESTS), "limit": 10}  # as releases before it recorded
+    assert same_job(recorded, base.identity(DIGESTS))
+    assert identity_changes(recorded, base.identity(DIGESTS)) == []
+    assert not same_job(recorded, build_config({}, {"model": "m"}).identity(DIGESTS))
 
 
 def test_changed_input_digest_changes_fingerprint() -> None:
@@ -454,13 +468,18 @@ def test_changed_input_digest_changes_fingerprint() -> None:
     assert fp(cfg, ["a" * 64]) != fp(cfg, ["b" * 64])
     assert fp(cfg, ["a" * 64]) != fp(cfg, ["a" * 64, "b" * 64])
     changes = identity_changes(cfg.identity(["a" * 64]), cfg.identity(["b" * 64]))
-    assert changes == ["inputs"]
+    assert changes == ["inputs: the content of input file 1 (of 1) changed"]
+    two = identity_changes(cfg.identity(["a" * 64]), cfg.identity(["a" * 64, "b" * 64]))
+    assert two == ["inputs: 1 file -> 2 files"]
 
 
 def test_identity_changes_lists_exactly_what_changed() -> None:
     old = build_config().identity(DIGESTS)
     new = build_config({}, {"params": {"temperature": 0.1, "seed": 3}}).identity(DIGESTS)
-    assert identity_changes(old, new) == ["body.seed", "body.temperature"]
+    assert identity_changes(old, new) == [
+        "body.seed: (none) -> 3",
+        "body.temperature: 0.6 -> 0.1",
+    ]
     assert identity_changes(old, old) == []
 
 

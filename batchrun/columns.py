@@ -26,8 +26,13 @@ RESERVED = frozenset(name for name, _ in BASE_COLUMNS) | frozenset(PARSED_COLUMN
 class ColumnKinds:
     """Learns each passthrough column's type while rows are ingested."""
 
-    def __init__(self) -> None:
-        self._kinds: dict[str, str] = {}
+    def __init__(self, learned: list[list[str]] | None = None) -> None:
+        """`learned`: what `learned()` returned for the rows read before (a job going on)."""
+        self._kinds: dict[str, str] = dict((name, kind) for name, kind in learned or [])
+
+    def learned(self) -> list[list[str]]:
+        """Every column and its kind so far, "null" for columns with only nulls yet."""
+        return [[name, kind] for name, kind in self._kinds.items()]
 
     def observe(self, extra: dict[str, Any] | None) -> None:
         if not extra:

@@ -19,12 +19,13 @@ from .budget import Pricing
 from .checkpoint import (
     Checkpoint,
     DuplicateRowId,
+    FailureCause,
     IngestRow,
     remove_checkpoint,
     remove_if_never_written,
 )
 from .columns import ColumnKinds
-from .config import RunConfig, fingerprint, identity_changes
+from .config import RunConfig, fingerprint, identity_changes, same_job
 from .dataset import InputFile, expand_inputs, file_digest, read_rows
 from .errors import DatasetError, RunMismatchError
 from .lifecycle import RowState
@@ -42,7 +43,7 @@ class DryRunReport:
     invalid: int
     prompt_tokens_est: int
     completion_tokens_max: int
-    invalid_examples: list[str]
+    invalid_causes: list[FailureCause]
     models: dict[str, int]
     cost_range: tuple[float, float] | None = None  # USD: prompts only .. every max_tokens used
 
@@ -78,8 +79,14 @@ def ingest(
     template: PromptTemplate | None = None,
     keys: RequestKeys | None = None,
 ) -> None:
-    """Validate every input row into the checkpoint (rows and ids; nothing is sent)."""
-    kinds = ColumnKinds()
+    """Validate input rows into the checkpoint (rows and ids; nothing is sent): the first
+    `limit` of them, or, on a checkpoint that holds some already, the next ones up to it."""
+    start = checkpoint.stored_rows()
+    # A job going on learns on from its columns so far (a checkpoint of an earlier release
+    # has only their output types).
+    kinds = ColumnKinds(
+        checkpoint.get_json("extra_kinds", None) or checkpoint.get_json("extra_columns", [])
+    )
     batch: list[IngestRow] = []
 
     def store() -> None:
@@ -93,18 +100,43 @@ def ingest(
             ) from None
         batch.clear()
 
-    for n, source in enumerate(itertools.islice(read_rows(files), limit)):
+    read = start
+    for n, source in enumerate(itertools.islice(read_rows(files), start, limit), start):
         row = prepare_row(source, template)
         kinds.observe(row.extra)
         key = keys.key(row.messages, row.overrides) if keys and row.messages else None
         batch.append(IngestRow(n, row, key))
+        read = n + 1
         if len(batch) >= INGEST_BATCH:
             store()
     if batch:
         store()
     checkpoint.set_json("extra_columns", kinds.as_list())
+    checkpoint.set_json("extra_kinds", kinds.learned())
+    # Every row read (no limit, or fewer rows than it): a raised limit has nothing to add.
+    checkpoint.set_meta("input_exhausted", "1" if limit is None or read < limit else "")
     checkpoint.set_meta("ingest_complete", "1")
-    log.info("read %d input rows into %s", checkpoint.row_count(), checkpoint.path)
+    log.info("read %d input rows into %s", read - start, checkpoint.path)
+
+
+def _extend(checkpoint: Checkpoint, files: list[InputFile], cfg: RunConfig) -> None:
+    """A raised or removed --limit: read the rows past the old one (already answered rows
+    are kept; only the new ones will be sent)."""
+    if checkpoint.get_meta("input_exhausted") == "1":
+        return
+    if cfg.limit is not None and cfg.limit <= checkpoint.stored_rows():
+        return
+    ingest(checkpoint, files, cfg.limit, prompt_template(cfg), RequestKeys(cfg.body_template()))
+
+
+def _note_exhausted_input(checkpoint: Checkpoint) -> None:
+    """For a checkpoint of an earlier release (its identity holds the limit it was read
+    with): whether every input row was read."""
+    if checkpoint.get_meta("input_exhausted") is not None:
+        return
+    limit = checkpoint.get_json("identity", {}).get("limit")
+    exhausted = limit is None or checkpoint.stored_rows() < limit
+    checkpoint.set_meta("input_exhausted", "1" if exhausted else "")
 
 
 def _location(files: list[InputFile], idx: int | None) -> str:
@@ -127,8 +159,14 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
         checkpoint = Checkpoint.open(path)
         if checkpoint.get_meta("ingest_complete") == "1":
             digests, stats = input_digests(files, checkpoint.get_json("input_stats"))
-            _check_same_job(checkpoint, cfg.identity(digests), cfg)
+            identity = cfg.identity(digests)
+            _check_same_job(checkpoint, identity, cfg)
+            _note_exhausted_input(checkpoint)
+            checkpoint.set_meta("fingerprint", fingerprint(identity))  # as this release writes it
+            checkpoint.set_json("identity", identity)
             checkpoint.set_json("input_stats", stats)
+            _extend(checkpoint, files, cfg)
+            checkpoint.set_row_limit(cfg.limit)
             return checkpoint, True
         checkpoint.close()  # a first run that died while reading inputs: nothing was sent
     digests, stats = input_digests(files)
@@ -141,6 +179,7 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
         checkpoint.set_json("settings", cfg.public_dict())
         checkpoint.set_meta("created_at", str(time.time()))
         ingest(checkpoint, files, cfg.limit, prompt_template(cfg), RequestKeys(cfg.body_template()))
+        checkpoint.set_row_limit(cfg.limit)
     except BaseException:
         checkpoint.close()
         remove_checkpoint(path)
@@ -149,15 +188,18 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
 
 
 def _check_same_job(checkpoint: Checkpoint, identity: dict[str, Any], cfg: RunConfig) -> None:
-    if checkpoint.get_meta("fingerprint") == fingerprint(identity):
+    recorded = checkpoint.get_json("identity", {})
+    if same_job(recorded, identity):
         return
-    changed = identity_changes(checkpoint.get_json("identity", {}), identity)
+    changed = identity_changes(recorded, identity)
     done = checkpoint.counts().get(RowState.DONE, 0)
     checkpoint.close()
     raise RunMismatchError(
         f"{cfg.checkpoint_path} belongs to a job with other inputs or request settings "
-        f"(changed: {', '.join(changed) or 'unknown'}). Run it with the original inputs and "
-        f"settings to resume, or add --fresh to start over (discarding {done} finished rows)."
+        f"(changed: {'; '.join(changed) or 'unknown'}). Run it with the original inputs and "
+        f"settings to resume, or add --fresh to start over (discarding {done} finished rows); "
+        f"with --fresh --reuse {cfg.output} (or a copy of the checkpoint), rows whose request "
+        "did not change are answered from the earlier run instead of being bought again."
     )
 
 
@@ -172,6 +214,7 @@ def dry_run(cfg: RunConfig) -> DryRunReport:
             figures = checkpoint.request_figures(
                 template.get("max_tokens") or 0, str(template.get("model"))
             )
+            invalid_causes = checkpoint.invalid_causes()
         finally:
             checkpoint.close()
     report = DryRunReport(
@@ -179,7 +222,7 @@ def dry_run(cfg: RunConfig) -> DryRunReport:
         invalid=figures.invalid,
         prompt_tokens_est=figures.prompt_tokens_est,
         completion_tokens_max=figures.completion_tokens_max,
-        invalid_examples=figures.invalid_examples,
+        invalid_causes=invalid_causes,
         models=figures.models,
     )
     pricing = Pricing.from_config(cfg.pricing)

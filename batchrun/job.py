@@ -55,6 +55,7 @@ class JobResult:
     resumed: bool
     stopped: BatchrunError | None = None
     failure_causes: list[FailureCause] = field(default_factory=list)
+    invalid_causes: list[FailureCause] = field(default_factory=list)
     parse_errors: int = 0  # ok answers whose JSON did not parse (--parse-json / --extract)
     cost: float | None = None  # USD over all runs, when [pricing] is set
 
@@ -103,6 +104,7 @@ async def run_job_async(
             checkpoint, resumed = open_checkpoint(cfg, files)
             try:
                 stats = _prepare(cfg, checkpoint, resumed)
+                run = checkpoint.start_run()
                 if events is not None:
                     events.emit("job_start", **_start_fields(cfg, checkpoint, stats, resumed))
                 stopped: BatchrunError | None = None
@@ -113,6 +115,7 @@ async def run_job_async(
                     except BatchrunError as exc:
                         stopped = exc
                 result = _finish(cfg, checkpoint, stats, started, resumed, stopped)
+                checkpoint.end_run(run, result.exit_code, stats.finished, stats.submissions)
                 if events is not None:
                     events.emit("job_end", **_end_fields(result))
                 return result
@@ -235,6 +238,7 @@ def _finish(
         resumed=resumed,
         stopped=stopped,
         failure_causes=checkpoint.failure_causes(),
+        invalid_causes=checkpoint.invalid_causes(),
         parse_errors=parse_errors,
         cost=job_cost(cfg.pricing, totals),
     )
@@ -296,7 +300,8 @@ async def _run_engine(
     finally:
         if watching is not None:
             watching.cancel()
-            with suppress(asyncio.CancelledError):
+            # A bar whose terminal closed (OSError) is no reason to lose the run's output.
+            with suppress(asyncio.CancelledError, OSError):
                 await watching
         # Only a speed-up: never let it hide how the run ended (a failed import of pyarrow
         # shows when the output is written).

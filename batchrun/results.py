@@ -304,6 +304,27 @@ def output_paths(output: Path, output_format: str) -> dict[str, Path]:
     return {"parquet": output, "openai-jsonl": beside}
 
 
+def export(
+    checkpoint: Path, output: Path, output_format: str | None = None
+) -> tuple[list[Path], int]:
+    """Write what `run` would write now from `checkpoint` (its own settings say the format,
+    --parse-json and --extract), even while a job runs. Returns (paths, answers unparsed)."""
+    from .checkpoint import open_reader
+
+    reader = open_reader(checkpoint)
+    try:
+        settings = reader.get_json("settings", {}) or {}
+        return write_outputs(
+            reader,
+            output,
+            output_format or settings.get("output_format") or "parquet",
+            parse_json=bool(settings.get("parse_json")),
+            extract=tuple(settings.get("extract") or ()),
+        )
+    finally:
+        reader.close()
+
+
 def write_outputs(
     checkpoint: CheckpointReader,
     output: Path,

@@ -223,14 +223,16 @@ def test_create_then_open_round_trip(ckpt: Path) -> None:
 
 
 def test_a_new_checkpoint_is_made_by_the_migrations(checkpoint: Checkpoint, ckpt: Path) -> None:
-    assert SCHEMA_VERSION == schema.MIGRATIONS[-1].version == 2
-    assert [m.version for m in schema.MIGRATIONS] == [1, 2]
+    assert SCHEMA_VERSION == schema.MIGRATIONS[-1].version == 3
+    assert [m.version for m in schema.MIGRATIONS] == [1, 2, 3]
     recorded = peek(ckpt, "SELECT version, name FROM migrations ORDER BY version")
     assert recorded == [(m.version, m.name) for m in schema.MIGRATIONS]
     assert peek(ckpt, "PRAGMA application_id") == [(schema.APP_ID,)]
     assert checkpoint.get_meta("migration") is None  # schema 1's marker, gone with it
     tables = {name for (name,) in peek(ckpt, "SELECT name FROM sqlite_master WHERE type='table'")}
-    expected = {"items", "live", "results", "names", "totals", "meta", "assets", "migrations"}
+    expected = {
+        "items", "live", "results", "names", "totals", "meta", "assets", "migrations", "runs"
+    }  # fmt: skip
     assert tables == expected
     assert checkpoint.totals() == Totals()
     assert peek(ckpt, "SELECT count(*) FROM totals") == [(1,)]
@@ -954,7 +956,7 @@ def test_request_figures(checkpoint: Checkpoint) -> None:
     assert (figures.rows, figures.invalid, figures.prompt_tokens_est) == (3, 1, 10)
     assert figures.completion_tokens_max == 1100
     assert figures.models == {"m1": 1, "m2": 1}
-    assert figures.invalid_examples == ["in.jsonl:3: no prompt"]
+    assert checkpoint.invalid_causes() == [FailureCause("no prompt", 1, "in.jsonl:3")]
 
 
 # ---------------------------------------------------------------- the partial index
@@ -1684,7 +1686,7 @@ def test_migration_from_schema_1_keeps_every_row(
     with caplog.at_level(logging.WARNING, logger="batchrun.checkpoint.store"):
         c = Checkpoint.open(path)
     try:
-        assert f"upgrading {path} from checkpoint schema 1 to 2" in caplog.text
+        assert f"upgrading {path} from checkpoint schema 1 to {SCHEMA_VERSION}" in caplog.text
         assert_migrated(old, c, keep=False)
         assert c.counts() == {
             S.PENDING: 2, S.INFLIGHT: 1, S.POLLING: 1, S.FETCHED: 2, S.DONE: 4, S.FAILED: 2,
@@ -1708,7 +1710,7 @@ def test_migration_from_schema_1_keeps_every_row(
         assert extras(c, rows["d12"]) == {"topic": "c", "late": [1, {"k": None}]}
         assert extras(c, rows["d6"]) == {"topic": "b", "n": 6}
         assert c.get_meta("fingerprint") == "f" * 64  # meta is kept
-        assert c.get_meta("schema_version") == "2"
+        assert c.get_meta("schema_version") == str(SCHEMA_VERSION)
         assert c.get_meta("migration") is None
     finally:
         c.close()
@@ -1903,7 +1905,7 @@ def test_an_interrupted_migration_leaves_schema_1(
         assert_migrated(old, c, keep=False)
     finally:
         c.close()
-    assert version_of(path) == 2
+    assert version_of(path) == SCHEMA_VERSION
 
 
 def layout_v1(path: Path) -> list[Any]:
@@ -1922,7 +1924,7 @@ def test_opening_twice_migrates_once(tmp: Path, caplog: pytest.LogCaptureFixture
         open_reader(path).close()
     assert "upgrading" not in caplog.text
     assert peek(path, "SELECT * FROM migrations ORDER BY version") == first
-    assert [v for v, *_ in first] == [1, 2]
+    assert [v for v, *_ in first] == [m.version for m in schema.MIGRATIONS]
 
 
 def test_a_new_checkpoint_is_not_migrated_on_open(
@@ -2027,7 +2029,7 @@ def test_open_reader_upgrades_a_schema_1_checkpoint(tmp: Path) -> None:
         assert_migrated(old, reader, keep=False)
     finally:
         reader.close()
-    assert version_of(path) == 2
+    assert version_of(path) == SCHEMA_VERSION
     assert not Path(f"{path}.lock").exists()  # the lock is given back
 
 
@@ -2066,7 +2068,7 @@ def test_open_reader_refuses_to_upgrade_a_checkpoint_another_process_holds(
     assert version_of(path) == 1  # left for its holder
     reader = open_reader(path)  # once it is free, it upgrades
     reader.close()
-    assert version_of(path) == 2
+    assert version_of(path) == SCHEMA_VERSION
 
 
 # ---------------------------------------------------------------- locate
@@ -2112,7 +2114,7 @@ def test_output_for(tmp: Path) -> None:
 def test_locate_job_from_either_file(tmp: Path) -> None:
     output = tmp / "job.parquet"
     beside = default_checkpoint(output)
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="no checkpoint there, and none beside it"):
         locate_job(output)
     output.write_bytes(b"PAR1")
     assert locate_job(output) == (output, None)  # an output whose checkpoint is gone
@@ -2121,9 +2123,9 @@ def test_locate_job_from_either_file(tmp: Path) -> None:
     c.close()
     assert locate_job(output) == (output, beside)
     assert locate_job(beside) == (output, beside)
-    output.unlink()
-    with pytest.raises(ConfigError, match="batchrun export"):
-        locate_job(beside)  # a checkpoint whose output is not written yet
+    output.unlink()  # a first run under way: its output is written at the end
+    assert locate_job(beside) == (None, beside)
+    assert locate_job(output) == (None, beside)
     text = tmp / "notes.txt"
     text.write_text("hello")
     with pytest.raises(ConfigError, match="neither"):

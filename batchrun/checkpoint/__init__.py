@@ -14,13 +14,20 @@
 from __future__ import annotations
 
 from .assets import AssetCache
-from .locate import checkpoint_for, default_checkpoint, locate_job, output_for
+from .locate import (
+    checkpoint_for,
+    default_checkpoint,
+    locate_job,
+    output_for,
+    require_checkpoint,
+)
 from .queries import (
     CheckpointReader,
     FailureCause,
     PendingId,
     RequestFigures,
     ResultPage,
+    RunRecord,
     TimelinePage,
     Totals,
 )
@@ -50,6 +57,7 @@ __all__ = [
     "RequestFigures",
     "ResultPage",
     "ReusedAnswer",
+    "RunRecord",
     "TimelinePage",
     "Totals",
     "checkpoint_for",
@@ -59,4 +67,5 @@ __all__ = [
     "output_for",
     "remove_checkpoint",
     "remove_if_never_written",
+    "require_checkpoint",
 ]

@@ -31,6 +31,17 @@ def checkpoint_for(path: Path) -> Path | None:
     return beside if beside.is_file() else None
 
 
+def require_checkpoint(path: Path) -> Path:
+    """checkpoint_for(path), or a ConfigError saying where it looked."""
+    found = checkpoint_for(path)
+    if found is None:
+        raise ConfigError(
+            f"{path}: no checkpoint there, and none beside it as a job's output "
+            f"({default_checkpoint(path)}); a job run with --checkpoint PATH keeps it at PATH"
+        )
+    return found
+
+
 def output_for(checkpoint: Path, settings: dict[str, Any]) -> Path | None:
     """The Parquet output of a checkpoint: beside it by name, or where its settings say."""
     candidates = []
@@ -53,15 +64,17 @@ def starts_with(path: Path, magic: bytes) -> bool:
         return False
 
 
-def locate_job(path: Path) -> tuple[Path, Path | None]:
-    """A job's output Parquet file and its checkpoint (None when there is none beside it),
-    from either one (`batchrun report`)."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    if starts_with(path, PARQUET_MAGIC):
+def locate_job(path: Path) -> tuple[Path | None, Path | None]:
+    """A job's output Parquet file and its checkpoint, from either one (`batchrun report`).
+    The output is None while a first run has not written it yet (the checkpoint is there);
+    the checkpoint is None for an output whose checkpoint is gone."""
+    if path.is_file() and starts_with(path, PARQUET_MAGIC):
         return path, checkpoint_for(path)
-    if not starts_with(path, SQLITE_MAGIC):
+    if path.is_file() and not starts_with(path, SQLITE_MAGIC):
         raise ConfigError(f"{path}: neither a batchrun output (Parquet) nor a batchrun checkpoint")
+    checkpoint = require_checkpoint(path)
+    if checkpoint != path:  # an output path whose file is not written yet
+        return None, checkpoint
     from batchrun.checkpoint.store import open_reader  # another SQLite file: its own error
 
     reader = open_reader(path)
@@ -69,11 +82,4 @@ def locate_job(path: Path) -> tuple[Path, Path | None]:
         settings = reader.get_json("settings", {}) or {}
     finally:
         reader.close()
-    output = output_for(path, settings)
-    if output is None:
-        raise ConfigError(
-            f"{path} is a checkpoint; the report reads its output Parquet file, which is not "
-            f"there. Write one with `batchrun export {path} -o OUTPUT.parquet` and report on "
-            "that."
-        )
-    return output, path
+    return output_for(path, settings), path

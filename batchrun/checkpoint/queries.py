@@ -8,6 +8,7 @@ rows not done (schema.OPEN), so they cost what is left to do, not what is finish
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,18 @@ class FailureCause:
     @property
     def label(self) -> str:
         return f"{self.cause} (e.g. {self.example})"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run of the job: when it started and, unless it was killed, when and how it ended."""
+
+    run: int
+    started_at: float
+    ended_at: float | None
+    exit_code: int | None
+    rows_finished: int | None
+    requests: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +132,6 @@ class RequestFigures:
     prompt_tokens_est: int
     completion_tokens_max: int
     models: dict[str, int]
-    invalid_examples: list[str]
 
 
 _RESULT_SQL = (
@@ -130,19 +142,25 @@ _RESULT_SQL = (
     "items.extra, r.status_code, r.body "
     "FROM items LEFT JOIN results AS r ON r.idx = items.idx "
     "LEFT JOIN live AS l ON l.idx = items.idx "
-    "WHERE items.idx > ? ORDER BY items.idx LIMIT ?"
+    "WHERE items.idx > ? AND items.idx < ? ORDER BY items.idx LIMIT ?"
 )
 _WORK_SQL = (
     "SELECT items.idx, items.row_id, items.state, items.messages, items.overrides, items.extra, "
     "items.est_tokens, l.attempts, l.first_submit_at, l.request_id, l.answer, l.location "
     "FROM items LEFT JOIN live AS l ON l.idx = items.idx "
-    f"WHERE {OPEN} AND items.state IN ({{states}}) AND items.idx > ? "
+    f"WHERE {OPEN} AND items.state IN ({{states}}) AND items.idx > ? AND items.idx < ? "
     "ORDER BY items.idx LIMIT ?"
 )
+NO_LIMIT = 2**62  # rows past the job's --limit are kept but not shown: this means none are
 
 
 class CheckpointReader:
-    """The read side of a checkpoint, on a connection the caller opened."""
+    """The read side of a checkpoint, on a connection the caller opened.
+
+    Every read sees the rows before the job's current `--limit` (meta `row_limit`, set by
+    the last run): rows past a lowered limit stay in the checkpoint, out of sight, and come
+    back with their answers when the limit is raised again.
+    """
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
@@ -151,6 +169,8 @@ class CheckpointReader:
         self._extra_names: list[str] | None = None
         self._template: PromptTemplate | None = None
         self._template_read = False
+        limit = self.get_meta("row_limit")
+        self._upto = int(limit) if limit else NO_LIMIT
 
     def close(self) -> None:
         self._conn.close()
@@ -173,14 +193,20 @@ class CheckpointReader:
 
     # ---- counts and sums
 
-    def row_count(self) -> int:
+    def stored_rows(self) -> int:
+        """Input rows read into the checkpoint, whatever the current limit."""
         last = self._conn.execute("SELECT max(idx) FROM items").fetchone()[0]
         return 0 if last is None else int(last) + 1
+
+    def row_count(self) -> int:
+        """The job's rows: those read, up to its current limit."""
+        return min(self.stored_rows(), self._upto)
 
     def counts(self) -> dict[RowState, int]:
         """Rows per state. Reads only rows not done (the rest is the difference)."""
         rows = self._conn.execute(
-            f"SELECT state, count(*) FROM items WHERE {OPEN} GROUP BY state"
+            f"SELECT state, count(*) FROM items WHERE {OPEN} AND items.idx < ? GROUP BY state",
+            (self._upto,),
         ).fetchall()
         counts = {STATES[code]: int(n) for code, n in rows}
         done = self.row_count() - sum(counts.values())
@@ -200,29 +226,54 @@ class CheckpointReader:
         """Failed rows grouped by cause, most common first, with an example each."""
         rows = self._conn.execute(
             "SELECT r.cause, count(*), max(r.error) FROM items JOIN results AS r "
-            f"ON r.idx = items.idx WHERE {OPEN} AND items.state = ? "
+            f"ON r.idx = items.idx WHERE {OPEN} AND items.state = ? AND items.idx < ? "
             "GROUP BY r.cause ORDER BY 2 DESC, "
             "coalesce((SELECT name FROM names WHERE id = r.cause), 'unknown') LIMIT ?",
-            (STATE_CODES[RowState.FAILED], limit),
+            (STATE_CODES[RowState.FAILED], self._upto, limit),
         ).fetchall()
         causes = [FailureCause(self._name(c) or "unknown", int(n), e) for c, n, e in rows]
         return sorted(causes, key=lambda c: (-c.rows, c.cause))
+
+    def invalid_causes(self, limit: int = 10) -> list[FailureCause]:
+        """Invalid rows grouped by what is wrong with them, most common first, with the
+        place of the first row of each (`in.jsonl:17`)."""
+        rows = self._conn.execute(
+            f"SELECT items.error FROM items WHERE {OPEN} AND items.state = ? "
+            "AND items.idx < ? ORDER BY items.idx",
+            (STATE_CODES[RowState.INVALID], self._upto),
+        )
+        counts: dict[str, int] = {}
+        first: dict[str, str] = {}
+        for (error,) in rows:
+            where, cause = split_location(error or "")
+            counts[cause] = counts.get(cause, 0) + 1
+            first.setdefault(cause, where)
+        causes = [FailureCause(c, n, first[c]) for c, n in counts.items()]
+        return sorted(causes, key=lambda c: (-c.rows, c.cause))[:limit]
 
     def pending_request_ids(self, limit: int = 20) -> list[PendingId]:
         rows = self._conn.execute(
             "SELECT items.row_id, l.request_id FROM items JOIN live AS l ON l.idx = items.idx "
             f"WHERE {OPEN} AND items.state IN (?, ?) AND l.request_id IS NOT NULL "
-            "ORDER BY items.idx LIMIT ?",
-            (STATE_CODES[RowState.POLLING], STATE_CODES[RowState.FETCHED], limit),
+            "AND items.idx < ? ORDER BY items.idx LIMIT ?",
+            (STATE_CODES[RowState.POLLING], STATE_CODES[RowState.FETCHED], self._upto, limit),
         ).fetchall()
         return [PendingId(row_id, request_id) for row_id, request_id in rows]
+
+    def runs(self) -> list[RunRecord]:
+        """Every run of the job, first first."""
+        rows = self._conn.execute("SELECT * FROM runs ORDER BY run").fetchall()
+        return [RunRecord(*row) for row in rows]
 
     # ---- pages
 
     def work_items(self, after: int, limit: int, states: Sequence[RowState]) -> list[WorkItem]:
         """Rows in `states` after input position `after`, as the engine takes them."""
         sql = _WORK_SQL.format(states=", ".join(str(STATE_CODES[s]) for s in states))
-        rows = self._conn.execute(sql, (after, limit)).fetchall()
+        # A lowered limit holds back rows not sent yet; answers already paid for (held ids)
+        # are fetched whatever the limit.
+        upto = self._upto if RowState.PENDING in states else NO_LIMIT
+        rows = self._conn.execute(sql, (after, upto, limit)).fetchall()
         return [self._work_item(row) for row in rows]
 
     def work_pages(self, states: Sequence[RowState], page: int) -> Iterator[list[WorkItem]]:
@@ -232,18 +283,21 @@ class CheckpointReader:
 
     def result_pages(self, page: int = 4096) -> Iterator[ResultPage]:
         """Every row's output values, in input order."""
-        fetch = self._conn.execute
-        for rows in keyset_pages(lambda a, n: fetch(_RESULT_SQL, (a, n)).fetchall(), _first, page):
+        fetch, upto = self._conn.execute, self._upto
+        for rows in keyset_pages(
+            lambda a, n: fetch(_RESULT_SQL, (a, upto, n)).fetchall(), _first, page
+        ):
             yield self._result_page(rows)
 
     def timeline(self, page: int = 50_000) -> Iterator[TimelinePage]:
         """Finished rows, in input order (for `report`: answer times, causes)."""
         sql = (
             "SELECT r.idx, r.finished_at, items.state, r.cause, r.reused, r.error FROM results "
-            "AS r JOIN items ON items.idx = r.idx WHERE r.idx > ? ORDER BY r.idx LIMIT ?"
+            "AS r JOIN items ON items.idx = r.idx WHERE r.idx > ? AND r.idx < ? "
+            "ORDER BY r.idx LIMIT ?"
         )
-        fetch = self._conn.execute
-        for rows in keyset_pages(lambda a, n: fetch(sql, (a, n)).fetchall(), _first, page):
+        fetch, upto = self._conn.execute, self._upto
+        for rows in keyset_pages(lambda a, n: fetch(sql, (a, upto, n)).fetchall(), _first, page):
             _, finished, states, causes, reused, errors = zip(*rows, strict=True)
             yield TimelinePage(
                 list(finished),
@@ -271,14 +325,12 @@ class CheckpointReader:
             "WHERE state != ? GROUP BY 1",
             (default_model, invalid),
         ).fetchall()
-        examples = conn.execute("SELECT error FROM items WHERE state=? LIMIT 5", (invalid,))
         return RequestFigures(
             rows=int(rows),
             invalid=int(invalid_rows),
             prompt_tokens_est=int(prompt),
             completion_tokens_max=int(completion_max),
             models={str(m): int(n) for m, n in models},
-            invalid_examples=[str(r[0]) for r in examples],
         )
 
     # ---- decoding
@@ -336,6 +388,19 @@ class CheckpointReader:
             self._names = dict(self._conn.execute("SELECT id, name FROM names").fetchall())
             name = self._names[name_id]
         return name
+
+
+_PLACE = re.compile(r"^(?P<where>[^\n]*?:\d+): ")
+
+
+def split_location(error: str) -> tuple[str, str]:
+    """An invalid row's error as (where, what): `in.jsonl:17: invalid JSON (...)` gives
+    ("in.jsonl:17", "invalid JSON"). Details in parentheses differ row to row, so the
+    cause leaves them out; the example keeps the place."""
+    match = _PLACE.match(error)
+    where = match.group("where") if match else "?"
+    what = error[match.end() :] if match else error
+    return where, what.split(" (", 1)[0].strip() or what
 
 
 def _item_idx(item: WorkItem) -> int:

@@ -22,6 +22,7 @@ pages stay full instead of splitting as rows grow:
   request ids that are UUIDs are their 16 bytes.
 - `totals`: token and request sums, kept by every write, so a resume or `status` never
   sums a table.
+- `runs` (schema 3): each run of the job, when it started and ended, and how.
 - `meta` (key/value), `assets` (NVCF asset ids by file sha256), `migrations`.
 
 The partial index `items_open` holds every row not done: resuming, dispatching and counting
@@ -196,6 +197,18 @@ def _m001_initial(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta VALUES ('migration', 'm001_initial')")
 
 
+RUNS = """
+CREATE TABLE runs (
+    run INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER,
+    rows_finished INTEGER,
+    requests INTEGER
+);
+"""
+
+
 def _m002_compact_ledger(conn: sqlite3.Connection) -> None:
     """Schema 2: items / live / results / names / totals (see the module docstring)."""
     from .upgrade import compact_v1  # the data move is long enough for a module of its own
@@ -203,9 +216,16 @@ def _m002_compact_ledger(conn: sqlite3.Connection) -> None:
     compact_v1(conn)
 
 
+def _m003_runs(conn: sqlite3.Connection) -> None:
+    """Schema 3: `runs`, one row a run of the job (when it started and ended, how), so the
+    report can tell time spent working from time between runs."""
+    run_script(conn, RUNS)
+
+
 MIGRATIONS = (
     Migration(1, "m001_initial", _m001_initial),
     Migration(2, "m002_compact_ledger", _m002_compact_ledger),
+    Migration(3, "m003_runs", _m003_runs),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

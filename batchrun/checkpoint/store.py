@@ -19,7 +19,7 @@ from batchrun.lifecycle import RowState
 from batchrun.payloads import PreparedRow
 
 from . import reuse
-from .queries import CheckpointReader
+from .queries import NO_LIMIT, CheckpointReader
 from .schema import APP_ID, OPEN, STATE_CODES, connect, migrate
 from .values import encode_extra
 
@@ -82,6 +82,25 @@ class Checkpoint(CheckpointReader):
 
     def set_json(self, key: str, value: Any) -> None:
         self.set_meta(key, json.dumps(value))
+
+    def set_row_limit(self, limit: int | None) -> None:
+        """The job's --limit from now on: rows past it stay stored, out of every read."""
+        self.set_meta("row_limit", "" if limit is None else str(limit))
+        self._upto = NO_LIMIT if limit is None else limit
+
+    # ---- runs
+
+    def start_run(self) -> int:
+        """Record that a run starts now; returns its number."""
+        cursor = self._conn.execute("INSERT INTO runs (started_at) VALUES (?)", (time.time(),))
+        return int(cursor.lastrowid or 0)
+
+    def end_run(self, run: int, exit_code: int, rows_finished: int, requests: int) -> None:
+        self._conn.execute(
+            "UPDATE runs SET ended_at = ?, exit_code = ?, rows_finished = ?, requests = ? "
+            "WHERE run = ?",
+            (time.time(), exit_code, rows_finished, requests, run),
+        )
 
     # ---- ingest
 

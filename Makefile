@@ -46,7 +46,7 @@ demo: install
 	    --base-url "$$(cat $(OUT)/demo.url)" -o $(OUT)/demo.parquet --fresh && \
 	$(BIN)/batchrun status $(OUT)/demo.parquet && \
 	$(BIN)/python -c "import pandas as pd; df = pd.read_parquet('$(OUT)/demo.parquet'); \
-	    df['content'] = df['content'].str.replace(chr(10), ' ').str.slice(-48); \
+	    df['content'] = df['content'].str.replace(chr(10), ' ').str.slice(0, 48); \
 	    print(df[['id', 'status', 'content', 'total_tokens', 'attempts']].head(8).to_string())"
 
 # 100 SIGKILL/resume cycles with faults on; prints lost/duplicated/resubmitted counts.

@@ -7,24 +7,29 @@ Exit codes (SPEC.md): 0 all rows ok; 1 some rows failed/invalid or the job stopp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_options import run_options
-from .config import build_config, load_toml, parse_param
+from .config import RunConfig, build_config, load_toml, parse_param
 from .errors import EXIT_USAGE, BatchrunError, ConfigError
+
+if TYPE_CHECKING:
+    from .job import Watcher
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _fail(exc: BatchrunError) -> None:
-    click.echo(f"batchrun: error: {exc}", err=True)
+    _say(f"batchrun: error: {exc}")
     sys.exit(exc.exit_code)
 
 
@@ -56,30 +61,54 @@ def run(
     them) through the endpoint, results to OUTPUT. Run the same command again to resume."""
     from .intake import dry_run
     from .job import run_job
-    from .progress import ProgressBar, format_dry_run, format_summary
+    from .summary import dry_run_fails, format_dry_run, format_summary
 
     _setup_logging(verbose)
+    # Closing the terminal ends the run as SIGTERM does (before the engine's own handlers:
+    # as Ctrl-C while the inputs are read).
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
         cfg = _config(inputs, config_path, params, options)
         if cfg.dry_run:
-            click.echo(format_dry_run(dry_run(cfg)))
+            report = dry_run(cfg)
+            click.echo(format_dry_run(report))
+            failing = dry_run_fails(report, cfg.max_failures)
+            if failing:
+                _say(f"batchrun: the real run would fail: {failing}")
+                sys.exit(1)
             return
-        show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-        result = run_job(cfg, watcher=ProgressBar() if show else None)
+        result = run_job(cfg, watcher=_watcher(cfg))
     except BatchrunError as exc:
         _fail(exc)
     except KeyboardInterrupt:  # before the engine's own handlers (reading inputs) or after
-        click.echo(
-            "\nbatchrun: interrupted. The checkpoint is consistent: run the same command to "
-            "resume.",
-            err=True,
+        _say(
+            "\nbatchrun: interrupted. The checkpoint is consistent: run the same command to resume."
         )
         sys.exit(130)
-    click.echo(format_summary(result), err=True)
+    _say(format_summary(result))
     # Everything alive now lives until exit: frozen, the interpreter's last collection
     # skips it (with pyarrow and pandas loaded, that is most of the heap).
     gc.freeze()
     sys.exit(result.exit_code)
+
+
+def _watcher(cfg: RunConfig) -> Watcher | None:
+    """A bar on a terminal, status lines in a log, or nothing (--no-progress)."""
+    from .budget import Pricing
+    from .progress import ProgressBar, StatusLines
+
+    if cfg.progress is False:
+        return None
+    if cfg.progress or sys.stderr.isatty():
+        return ProgressBar()
+    return StatusLines(cfg.progress_interval, Pricing.from_config(cfg.pricing))
+
+
+def _say(text: str) -> None:
+    """A message on stderr, unless stderr is gone (a closed terminal): the run's output and
+    exit code matter more than its last words."""
+    with contextlib.suppress(OSError):
+        click.echo(text, err=True)
 
 
 def _config(
@@ -87,7 +116,7 @@ def _config(
     config_path: str | None,
     params: tuple[str, ...],
     options: dict[str, Any],
-) -> Any:
+) -> RunConfig:
     file_values = load_toml(config_path) if config_path else {}
     cli_values = dict(options)
     if inputs:
@@ -105,13 +134,14 @@ def _config(
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--ids", default=20, show_default=True, help="How many pending request ids to list.")
 def status(path: str, as_json: bool, ids: int) -> None:
     """Where a job stands: counts, tokens, pending request ids.
 
-    PATH is a checkpoint, or an output file (its checkpoint is found beside it)."""
+    PATH is a checkpoint, or a job's output path, written yet or not (its checkpoint is
+    found beside it, as `run` puts it)."""
     from .status import format_status, job_status
 
     try:
@@ -122,34 +152,30 @@ def status(path: str, as_json: bool, ids: int) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("job", type=click.Path(dir_okay=False))
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write."
 )
 @click.option(
     "--output-format",
     type=click.Choice(["parquet", "openai-jsonl", "both"]),
-    default="parquet",
-    show_default=True,
+    help="[default: the job's own]",
 )
-def export(checkpoint: str, output: str, output_format: str) -> None:
-    """Write the results in CHECKPOINT to OUTPUT, even while the job runs."""
-    from .checkpoint import open_reader
-    from .results import write_outputs
+def export(job: str, output: str, output_format: str | None) -> None:
+    """Write what `run` would write now (its format, parsed and extracted columns) to OUTPUT,
+    even while the job runs. JOB is a checkpoint or the job's output path."""
+    from .checkpoint import require_checkpoint
+    from .results import export as export_job
 
     try:
-        reader = open_reader(Path(checkpoint))
-        try:
-            paths, _ = write_outputs(reader, Path(output), output_format)
-        finally:
-            reader.close()
+        paths, _ = export_job(require_checkpoint(Path(job)), Path(output), output_format)
     except BatchrunError as exc:
         _fail(exc)
-    click.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
+    _say("wrote " + ", ".join(str(p) for p in paths))
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("output", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
 @click.option(
     "--html",
     "html_path",
@@ -160,8 +186,8 @@ def export(checkpoint: str, output: str, output_format: str) -> None:
 def report(output: str, html_path: str | None, as_json: bool) -> None:
     """Sum a job up: rows by status, tokens, cost, latency, throughput, failures by cause.
 
-    OUTPUT is an output Parquet file (its checkpoint is read too when it is beside it), or a
-    checkpoint whose output file can be found."""
+    OUTPUT is a job's output path (its checkpoint is read too when it is beside it; an
+    output not written yet is read from the checkpoint), or the checkpoint itself."""
     from .report import format_report, summarize
     from .report_html import write_html
 

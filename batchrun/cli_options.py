@@ -95,7 +95,12 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--progress/--no-progress",
             default=None,
-            help="Progress bar on stderr. [default: when stderr is a TTY]",
+            help="Progress bar on stderr. [default: when stderr is a TTY; else status lines]",
+        ),
+        click.option(
+            "--progress-interval",
+            type=float,
+            help="Seconds between status lines when stderr is not a TTY (cron, CI). [default: 60]",
         ),
         click.option(
             "--grace",

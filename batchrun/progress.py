@@ -1,25 +1,29 @@
-"""The operator's view: the tqdm bar while a job runs, and the summary when it ends.
+"""The operator's view while a job runs: a tqdm bar on a terminal, a status line every
+`--progress-interval` seconds where stderr is a log (cron, CI). The summary at the end is
+summary.py's.
 
-The engine never imports tqdm: it only bumps counters in RunStats; `ProgressBar.watch`
-samples them twice a second, so the bar costs nothing per row.
+The engine never imports tqdm: it only bumps counters in RunStats; the watchers sample them,
+so following a run costs nothing per row.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shlex
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
 
-from .lifecycle import RowState
+from .budget import Pricing
 
 if TYPE_CHECKING:
-    from .intake import DryRunReport
-    from .job import JobResult
     from .monitor import RunStats
+
+# Columns for the bar when the terminal says it has none (some CI terminals and `script`
+# report 0): a bar of width 0 prints nothing.
+FALLBACK_COLUMNS = 80
 
 REFRESH_S = 0.5
 
@@ -32,8 +36,14 @@ class ProgressBar:
         self._bar: tqdm[Any] | None = None
 
     async def watch(self, stats: RunStats) -> None:
+        sized = terminal_columns(self._stream) > 0
         bar: tqdm[Any] = tqdm(
-            total=stats.todo, unit="row", file=self._stream, dynamic_ncols=True, smoothing=0.1
+            total=stats.todo,
+            unit="row",
+            file=self._stream,
+            dynamic_ncols=sized,
+            ncols=None if sized else FALLBACK_COLUMNS,
+            smoothing=0.1,
         )
         self._bar = bar
         shown = 0
@@ -59,71 +69,56 @@ class ProgressBar:
         return done
 
 
-def resume_command(argv: list[str] | None = None) -> str:
-    """The command that resumes this job: the same one, without --fresh."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return shlex.join(["batchrun", *(a for a in args if a != "--fresh")])
+def terminal_columns(stream: TextIO) -> int:
+    """The terminal's width as it reports it (0 when it reports none, or is no terminal)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
-def format_summary(result: JobResult, argv: list[str] | None = None) -> str:
-    counts = result.counts
-    ok, failed = counts.get(RowState.DONE, 0), counts.get(RowState.FAILED, 0)
-    invalid = counts.get(RowState.INVALID, 0)
-    total = sum(counts.values())
-    unfinished = total - ok - failed - invalid
-    stats, totals = result.stats, result.totals
-    lines = [
-        f"batchrun: {total} rows: {ok} ok, {failed} failed, {invalid} invalid"
-        + (f", {unfinished} not finished" if unfinished else ""),
-        f"  this run: {stats.finished} rows finished, {stats.submissions} requests sent, "
-        f"{stats.accepted} answered 202, {stats.retries} retries, "
-        f"{stats.rate_limited} rate-limited, "
-        f"{stats.rebuys} re-sent after their id expired",
-        f"  tokens (all runs): {totals.prompt_tokens:,} prompt + "
-        f"{totals.completion_tokens:,} completion = {totals.total_tokens:,}"
-        + (f", cost ${result.cost:.4f}" if result.cost is not None else ""),
-        f"  wall time {result.wall_s:.1f}s"
-        + (f", {stats.finished / result.wall_s:.1f} rows/s" if result.wall_s > 0 else ""),
-    ]
-    if stats.reused:
-        lines.append(f"  {stats.reused} rows answered from --reuse (not bought again)")
-    if stats.not_cached:
-        lines.append(f"  {stats.not_cached} rows had no stored answer (--offline sent nothing)")
-    if stats.no_usage:
-        lines.append(f"  {stats.no_usage} answers came without token usage (usage left empty)")
-    if result.parse_errors:
-        lines.append(f"  {result.parse_errors} answers did not parse as JSON (see parse_error)")
-    for cause in result.failure_causes:
-        lines.append(f"  failed x{cause.rows}: {cause.label}")
-    lines.append("  output: " + ", ".join(str(p) for p in result.outputs))
-    lines.append(f"  checkpoint: {result.checkpoint}")
-    if result.stopped is not None:
-        lines.append(f"stopped: {result.stopped}")
-    if unfinished:
-        waiting = counts.get(RowState.POLLING, 0) + counts.get(RowState.FETCHED, 0)
-        if waiting:
-            lines.append(
-                f"  {waiting} rows await their result at the server: resume within about a "
-                "minute, or their ids expire and they are bought again"
-            )
-        lines.append(f"resume with: {resume_command(argv)}")
-    elif failed:
-        lines.append(f"retry the failed rows with: {resume_command(argv)} --retry-failed")
-    return "\n".join(lines)
+class StatusLines:
+    """One line every `interval` seconds, for logs: rows done of the total, ok and failed,
+    ids awaiting a 202 result, rate, time left, tokens and (with prices) cost this run."""
+
+    def __init__(
+        self, interval: float, pricing: Pricing | None = None, stream: TextIO | None = None
+    ) -> None:
+        self._interval = interval
+        self._pricing = pricing
+        self._stream = stream or sys.stderr
+
+    async def watch(self, stats: RunStats) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                self._stream.write(status_line(stats, self._pricing) + "\n")
+                self._stream.flush()
+            except OSError:  # the log went away (a closed terminal): keep the job going
+                return
 
 
-def format_dry_run(report: DryRunReport) -> str:
-    valid = report.rows - report.invalid
-    lines = [
-        f"dry run: {report.rows} rows, {valid} would be sent, {report.invalid} invalid",
-        f"  estimated prompt tokens: ~{report.prompt_tokens_est:,}",
-        f"  completion tokens at most: {report.completion_tokens_max:,} (max_tokens x rows)",
-        "  models: " + ", ".join(f"{m} ({n})" for m, n in report.models.items()),
-    ]
-    if report.cost_range is not None:
-        low, high = report.cost_range
-        lines.append(f"  cost: ${low:.4f} (prompts only) to ${high:.4f} (every max_tokens used)")
-    lines += [f"  invalid: {e}" for e in report.invalid_examples]
-    if report.invalid > len(report.invalid_examples):
-        lines.append(f"  ... and {report.invalid - len(report.invalid_examples)} more invalid rows")
-    return "\n".join(lines)
+def status_line(stats: RunStats, pricing: Pricing | None, now: float | None = None) -> str:
+    elapsed = max(1e-9, (time.monotonic() if now is None else now) - stats.started)
+    done, total = stats.finished, stats.todo
+    rate = done / elapsed
+    left = f"{_duration((total - done) / rate)} left" if rate > 0 and total > done else "—"
+    tokens = stats.prompt_tokens + stats.completion_tokens
+    cost = ""
+    if pricing is not None:
+        cost = f", ${pricing.cost(stats.prompt_tokens, stats.completion_tokens):.4f} this run"
+    share = f" ({100 * done / total:.1f}%)" if total else ""
+    return (
+        f"batchrun: {done:,} of {total:,} rows{share}: {stats.ok:,} ok, {stats.failed:,} "
+        f"failed, {stats.pending_ids:,} awaiting a 202 result; {rate:.1f} rows/s, {left}; "
+        f"{tokens:,} tokens{cost}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

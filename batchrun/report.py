@@ -14,10 +14,13 @@ texts are looked at batch by batch and only counts and one example per cause are
 
 from __future__ import annotations
 
+import bisect
 import re
+import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .budget import job_cost
-from .checkpoint import Totals, locate_job, open_reader
+from .checkpoint import FailureCause, RunRecord, Totals, locate_job, open_reader
+from .checkpoint.queries import split_location
 from .errors import ConfigError
 from .lifecycle import RowState
+from .results import export
 from .stats import quantiles
 
 if TYPE_CHECKING:
@@ -182,6 +187,8 @@ class _CheckpointScan:
     answer_times: array[float] = field(default_factory=lambda: array("d"))
     causes: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
+    runs: list[RunRecord] = field(default_factory=list)
+    invalid: list[FailureCause] = field(default_factory=list)
 
 
 def _scan_checkpoint(path: Path) -> _CheckpointScan:
@@ -189,6 +196,8 @@ def _scan_checkpoint(path: Path) -> _CheckpointScan:
     try:
         counts = {str(state): n for state, n in reader.counts().items()}
         scan = _CheckpointScan(path, reader.get_json("settings", {}) or {}, counts)
+        scan.runs = reader.runs()
+        scan.invalid = reader.invalid_causes()
         for page in reader.timeline():
             failures = []
             rows = zip(
@@ -209,9 +218,33 @@ def _scan_checkpoint(path: Path) -> _CheckpointScan:
 # ---------------------------------------------------------------- the summary
 
 
-def summarize(output: Path) -> dict[str, Any]:
+@contextmanager
+def _job_files(path: Path) -> Iterator[tuple[Path, Path | None, bool]]:
+    """(the Parquet file to read, the checkpoint, whether that file was exported just now)
+    from either path: a job whose output is not written yet (a first run under way) is
+    exported from its checkpoint first, as `run` would write it."""
+    output, checkpoint = locate_job(path)
+    if output is not None:
+        yield output, checkpoint, False
+        return
+    if checkpoint is None:  # locate_job raises first; this keeps the types honest
+        raise ConfigError(f"{path}: no output and no checkpoint")
+    with tempfile.TemporaryDirectory(prefix="batchrun-report-") as folder:
+        written, _ = export(checkpoint, Path(folder) / "output.parquet", "parquet")
+        yield written[0], checkpoint, True
+
+
+def summarize(path: Path) -> dict[str, Any]:
     """The report's figures as plain data (what `--json` prints)."""
-    output, checkpoint = locate_job(output)
+    with _job_files(path) as (output, checkpoint, exported):
+        summary = _summarize(output, checkpoint)
+    if exported:
+        summary["output"] = str(path)
+        summary["notes"].append("the output is not written yet: figures read from the checkpoint")
+    return summary
+
+
+def _summarize(output: Path, checkpoint: Path | None) -> dict[str, Any]:
     scan = _scan_output(output)
     job = _scan_checkpoint(checkpoint) if checkpoint else None
     settings = job.settings if job else {}
@@ -239,16 +272,34 @@ def summarize(output: Path) -> dict[str, Any]:
             "rows_retried": scan.rows_retried,
             "max": scan.max_attempts,
         },
-        "throughput": _throughput(job.answer_times) if job else None,
+        "throughput": _throughput(job.answer_times, job.runs) if job else None,
         "failures": [
             {"cause": cause, "rows": n, "example": examples[cause]}
             for cause, n in sorted(causes.items(), key=lambda item: (-item[1], item[0]))
         ],
         "failures_from": "checkpoint" if job else "output",
+        # Invalid rows by what is wrong with them, with the first place each happens.
+        "invalid": [
+            {"cause": c.cause, "rows": c.rows, "example": c.example}
+            for c in (job.invalid if job else _invalid_from_output(output))
+        ],
         "parse_errors": scan.parse_errors,
         "reused": scan.reused,
         "notes": _notes(scan, job),
     }
+
+
+def _invalid_from_output(output: Path) -> list[FailureCause]:
+    """Invalid rows grouped by cause, read from the output (a job without its checkpoint)."""
+    table = pq.read_table(output, columns=["status", "error"])
+    invalid = table.filter(pc.field("status") == "invalid")
+    counts: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    for error in invalid.column("error").to_pylist():
+        where, cause = split_location(error or "")
+        counts[cause] += 1
+        first.setdefault(cause, where)
+    return [FailureCause(c, n, first[c]) for c, n in counts.most_common()]
 
 
 def _latency_figures(latencies: Numbers) -> dict[str, float] | None:
@@ -258,18 +309,37 @@ def _latency_figures(latencies: Numbers) -> dict[str, float] | None:
     return figures
 
 
-def _throughput(answer_times: array[float]) -> dict[str, float] | None:
-    """Ok rows per second between the first and the last answer (None under two answers)."""
+def _throughput(answer_times: array[float], runs: list[RunRecord]) -> dict[str, Any] | None:
+    """Ok rows per second of time spent running (the gaps between runs left out), and the
+    wall time from the first start (or answer) to the last answer. None under two answers."""
     if len(answer_times) < 2:
         return None
-    seconds = max(answer_times) - min(answer_times)
-    if seconds <= 0:
+    first, last = min(answer_times), max(answer_times)
+    starts = [r.started_at for r in runs]
+    wall = last - (min(starts[0], first) if starts else first)
+    active = _active_seconds(sorted(answer_times), runs) if runs else last - first
+    if active <= 0 or wall <= 0:
         return None
     return {
         "ok_rows": len(answer_times),
-        "seconds": seconds,
-        "rows_per_s": len(answer_times) / seconds,
+        "seconds": active,
+        "rows_per_s": len(answer_times) / active,
+        "wall_seconds": wall,
+        "runs": max(1, len(runs)),
     }
+
+
+def _active_seconds(times: list[float], runs: list[RunRecord]) -> float:
+    """Time spent in runs: each from its start to its end (or, for a run that was killed,
+    to its last answer)."""
+    total = 0.0
+    for run, after in zip(runs, [*runs[1:], None], strict=True):
+        until = after.started_at if after is not None else float("inf")
+        inside = times[bisect.bisect_left(times, run.started_at) : bisect.bisect_left(times, until)]
+        end = run.ended_at if run.ended_at is not None else (inside[-1] if inside else None)
+        if end is not None:
+            total += max(0.0, min(end, until) - run.started_at)
+    return total
 
 
 def _notes(scan: _OutputScan, job: _CheckpointScan | None) -> list[str]:
@@ -304,10 +374,10 @@ class PlotNumbers:
     answer_times: Numbers | None  # of rows the endpoint answered; None without a checkpoint
 
 
-def plot_numbers(output: Path) -> PlotNumbers:
+def plot_numbers(path: Path) -> PlotNumbers:
     """Read the output (and its checkpoint) again, for `report_html.write_html`."""
-    output, checkpoint = locate_job(output)
-    scan = _scan_output(output)
+    with _job_files(path) as (output, checkpoint, _):
+        scan = _scan_output(output)
     answer_times = _scan_checkpoint(checkpoint).answer_times if checkpoint else None
     return PlotNumbers(
         latencies=_joined(scan.latencies),
@@ -375,9 +445,12 @@ def _throughput_text(summary: dict[str, Any]) -> str:
         if summary["checkpoint"] is None:
             return "unknown (no checkpoint beside the output)"
         return "unknown (fewer than two answers)"
+    runs = throughput["runs"]
     return (
         f"{throughput['rows_per_s']:.2f} ok rows/s ({throughput['ok_rows']:,} rows in "
-        f"{throughput['seconds']:.1f} s, first to last answer)"
+        f"{throughput['seconds']:.1f} s of running"
+        + (f" over {runs} runs; " if runs > 1 else "; ")
+        + f"{throughput['wall_seconds']:.1f} s from start to last answer)"
     )
 
 
@@ -390,5 +463,9 @@ def format_report(summary: dict[str, Any]) -> str:
         if len(example) > EXAMPLE_CHARS:
             example = example[: EXAMPLE_CHARS - 1] + "…"
         lines.append(f"  failed x{failure['rows']}: {failure['cause']} (e.g. {example})")
+    for invalid in summary["invalid"]:
+        lines.append(
+            f"  invalid x{invalid['rows']}: {invalid['cause']} (e.g. {invalid['example']})"
+        )
     lines += [f"  note: {note}" for note in summary["notes"]]
     return "\n".join(lines)

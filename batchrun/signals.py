@@ -1,6 +1,6 @@
-"""Ctrl-C, SIGTERM and a closed terminal: stop submitting, let work in flight finish within the
-grace period, save, and say how to resume. A second signal exits at once (the checkpoint
-is consistent after every commit)."""
+"""Ctrl-C, SIGTERM and a closed terminal (SIGHUP): stop submitting, let work in flight finish
+within the grace period, save, and say how to resume. A second signal exits at once (the
+checkpoint is consistent after every commit)."""
 
 from __future__ import annotations
 
@@ -32,11 +32,14 @@ def install_signal_handlers(stop: StopSignal, grace: float) -> None:
         )
         stop.request(Interrupted(f"interrupted by {signame}"))
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with suppress(NotImplementedError, RuntimeError):  # RuntimeError: not the main thread
             loop.add_signal_handler(sig, on_signal, sig.name)
 
 
 def say(text: str) -> None:
-    sys.stderr.write(f"\n{text}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"\n{text}\n")
+        sys.stderr.flush()
+    except OSError:  # the terminal closed (SIGHUP): the job goes on saving without it
+        pass

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .budget import job_cost
-from .checkpoint import checkpoint_for, open_reader
+from .checkpoint import checkpoint_for, open_reader, require_checkpoint
 from .errors import CheckpointError
 from .lifecycle import RowState
 from .lock import holder
@@ -23,6 +23,8 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
     """A checkpoint's counts, tokens and pending ids; or an output file's status counts."""
     checkpoint = checkpoint_for(path)
     if checkpoint is None:
+        if not path.is_file():
+            require_checkpoint(path)  # says where it looked
         return _output_status(path)
     reader = open_reader(checkpoint)
     try:
@@ -41,6 +43,10 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
                 for p in reader.pending_request_ids(ids)
             ],
             "failures": [{"cause": c.label, "rows": c.rows} for c in reader.failure_causes()],
+            "invalid": [
+                {"cause": c.cause, "rows": c.rows, "example": c.example}
+                for c in reader.invalid_causes()
+            ],
             "model": settings.get("model"),
             "base_url": settings.get("base_url"),
             "output": settings.get("output"),
@@ -99,6 +105,10 @@ def format_status(info: dict[str, Any]) -> str:
         )
     for failure in info["failures"]:
         lines.append(f"  failed x{failure['rows']}: {failure['cause']}")
+    for invalid in info["invalid"]:
+        lines.append(
+            f"  invalid x{invalid['rows']}: {invalid['cause']} (e.g. {invalid['example']})"
+        )
     for entry in info["pending_request_ids"]:
         lines.append(f"  pending: {entry['id']} -> request {entry['request_id']}")
     return "\n".join(lines)

@@ -261,8 +261,18 @@ def _fill(report: CellReport, result: JobResult, spec: SweepSpec) -> None:
             f": {result.stopped}" if result.stopped else ""
         )
     elif report.failure_rate > spec.max_failure_rate:
-        report.problem = f"failure rate {report.failure_rate:.1%} over {spec.max_failure_rate:.1%}"
+        report.problem = (
+            f"gate max_failure_rate: {report.failure_rate:.1%} of rows failed or invalid, over "
+            f"{spec.max_failure_rate:.1%}; causes: {_causes(result)}"
+        )
     report.passed = report.problem is None
+
+
+def _causes(result: JobResult) -> str:
+    """The failures of a cell by cause, most common first (what a CI log needs to act on)."""
+    causes = [f"failed x{c.rows} {c.label}" for c in result.failure_causes]
+    causes += [f"invalid x{c.rows} {c.cause} (e.g. {c.example})" for c in result.invalid_causes]
+    return "; ".join(causes) or "unknown"
 
 
 def _read(output: Path) -> pd.DataFrame:
@@ -369,11 +379,22 @@ def junit_xml(reports: list[CellReport]) -> ET.ElementTree:
             suite, "testcase", classname="batchrun.sweep", name=r.cell, time=f"{r.wall_s:.3f}"
         )
         if not r.passed:
-            failure = ET.SubElement(case, "failure", message=r.problem or "failed")
-            failure.text = _one_line(r)
+            failure = ET.SubElement(
+                case, "failure", message=r.problem or "failed", type=_gate(r.problem)
+            )
+            failure.text = f"{_one_line(r)}\n{r.problem or ''}"
         out = ET.SubElement(case, "system-out")
         out.text = _one_line(r)
     return ET.ElementTree(suites)
+
+
+def _gate(problem: str | None) -> str:
+    """Which check failed a cell, for JUnit's failure type."""
+    if problem is None:
+        return "failed"
+    if problem.startswith("gate "):
+        return problem.split(":", 1)[0].removeprefix("gate ")
+    return "unfinished" if "not finished" in problem else "error"
 
 
 def sweep(spec: SweepSpec, junit: Path | None) -> tuple[list[CellReport], list[Path]]:

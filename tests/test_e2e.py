@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,10 @@ def test_sigint_stops_cleanly_with_exit_130_and_resume_command(
     proc.send_signal(signal.SIGINT)  # under way, far from done
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
-    assert "resume with: batchrun run" in stderr
+    hint = next(line for line in stderr.splitlines() if line.startswith("resume with: "))
+    printed = shlex.split(hint.split(": ", 1)[1])  # the command as this one was started
+    assert printed[-len(args) :] == args  # "run" and everything after it, as given
+    assert printed[: -len(args)][-2:] == ["-m", "batchrun"]
     rows = read_output(out)  # the output of what is done was written
     assert len(rows) == 200
     assert {"ok", "pending"} == {r["status"] for r in rows}

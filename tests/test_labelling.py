@@ -319,7 +319,7 @@ def test_a_failing_cell_fails_the_sweep(mock_server: MockServer, tmp_path: Path)
     summary = pd.read_parquet(tmp_path / "sweep" / "summary.parquet")
     assert summary["passed"].tolist() == [True, False, True, False]
     failures = ET.parse(junit).getroot().findall(".//failure")
-    assert len(failures) == 2 and "failure rate 100.0%" in failures[0].get("message", "")
+    assert len(failures) == 2 and "100.0% of rows failed" in failures[0].get("message", "")
     assert "2 of 4 cells passed" in result.stderr
 
 

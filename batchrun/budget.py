@@ -10,6 +10,7 @@ or tomorrow's) resumes it. The cap is `CostBudget` in one process, a service on 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -51,7 +52,25 @@ def job_cost(pricing: Mapping[str, float] | None, totals: Totals) -> float | Non
 
 
 class BudgetSpent(JobStopped):
-    """The next request could pass --max-cost: the job stops (resumable)."""
+    """The next request could pass --max-cost: the job stops (resumable). `worst` is the
+    refused request's worst case (None when it crossed a process boundary as text)."""
+
+    def __init__(self, message: str, worst: float | None = None) -> None:
+        super().__init__(message)
+        self.worst = worst
+
+
+def cap_to_finish(
+    *, spent: float, cap: float, finished: int, unfinished: int, worst: float, concurrency: int
+) -> float:
+    """A --max-cost that lets a stopped job finish: what it spent, the rows left at the
+    cost of a row so far (the worst case while nothing is known), and room for the
+    bookings of a full set of requests in flight; a tenth over, in cents, rounded up, and
+    always enough for at least one more request than `cap`."""
+    per_row = spent / finished if finished and spent else worst
+    in_flight = min(unfinished, max(1, concurrency)) * worst
+    wanted = max((spent + unfinished * per_row) * 1.1 + in_flight, cap + worst)
+    return math.ceil(round(wanted * 100, 6)) / 100  # round: 1.2600000000000002 is 1.26
 
 
 class CostBudget:
@@ -70,8 +89,9 @@ class CostBudget:
         if not force and self.spent + self.booked + worst > self.cap:
             raise BudgetSpent(
                 f"cost cap: ${self.spent:.4f} spent and ${self.booked:.4f} booked for requests "
-                f"in flight; the next request could pass --max-cost ${self.cap:g}. Finished rows "
-                "are kept: raise the cap and run the same command to resume."
+                f"in flight; the next request (up to ${worst:.4f}) could pass --max-cost "
+                f"${self.cap:g}. Finished rows are kept.",
+                worst,
             )
         self.booked += worst
         return worst

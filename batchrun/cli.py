@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_options import run_options
-from .config import RunConfig, build_config, load_toml, parse_param
+from .config import RunConfig, build_config, load_toml, parse_param, read_api_key
 from .errors import EXIT_USAGE, BatchrunError, ConfigError
 
 if TYPE_CHECKING:
@@ -58,18 +58,28 @@ def run(
     **options: Any,
 ) -> None:
     """Run or resume a job: every row of INPUTS (.jsonl, .jsonl.gz, .parquet, or folders of
-    them) through the endpoint, results to OUTPUT. Run the same command again to resume."""
+    them) through the endpoint, results to OUTPUT. Run it again (less --fresh) to resume."""
     from .intake import dry_run
     from .job import run_job
-    from .summary import dry_run_fails, format_dry_run, format_summary
+    from .summary import (
+        config_one_offs,
+        dry_run_fails,
+        format_dry_run,
+        format_summary,
+        next_command,
+    )
 
     _setup_logging(verbose)
     # Closing the terminal ends the run as SIGTERM does (before the engine's own handlers:
     # as Ctrl-C while the inputs are read).
     signal.signal(signal.SIGHUP, signal.default_int_handler)
+    undo: tuple[str, ...] = ()  # what the next command needs to undo a config's one-offs
     try:
         cfg = _config(inputs, config_path, params, options)
+        undo = config_one_offs(cfg)
         if cfg.dry_run:
+            if not cfg.offline:
+                read_api_key(cfg)  # a rehearsal fails as the run would: no key, exit 3
             report = dry_run(cfg)
             click.echo(format_dry_run(report))
             failing = dry_run_fails(report, cfg.max_failures)
@@ -82,10 +92,11 @@ def run(
         _fail(exc)
     except KeyboardInterrupt:  # before the engine's own handlers (reading inputs) or after
         _say(
-            "\nbatchrun: interrupted. The checkpoint is consistent: run the same command to resume."
+            "\nbatchrun: interrupted. The checkpoint is consistent; resume with: "
+            + next_command(undo=undo)
         )
         sys.exit(130)
-    _say(format_summary(result))
+    _say(format_summary(result, undo=undo))
     # Everything alive now lives until exit: frozen, the interpreter's last collection
     # skips it (with pyarrow and pandas loaded, that is most of the heap).
     gc.freeze()
@@ -165,9 +176,11 @@ def export(job: str, output: str, output_format: str | None) -> None:
     """Write what `run` would write now (its format, parsed and extracted columns) to OUTPUT,
     even while the job runs. JOB is a checkpoint or the job's output path."""
     from .checkpoint import require_checkpoint
+    from .job import check_output_writable
     from .results import export as export_job
 
     try:
+        check_output_writable(Path(output))
         paths, _ = export_job(require_checkpoint(Path(job)), Path(output), output_format)
     except BatchrunError as exc:
         _fail(exc)

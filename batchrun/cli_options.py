@@ -80,13 +80,14 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--checkpoint", help="SQLite checkpoint. [default: OUTPUT.checkpoint.sqlite]"),
         click.option(
-            "--fresh",
-            is_flag=True,
+            "--fresh/--no-fresh",
             default=None,
-            help="Discard an existing checkpoint and start over.",
+            help="Discard an existing checkpoint and start over. [default: no-fresh]",
         ),
         click.option(
-            "--retry-failed", is_flag=True, default=None, help="On resume, try failed rows again."
+            "--retry-failed/--no-retry-failed",
+            default=None,
+            help="On resume, try failed rows again. [default: no-retry-failed]",
         ),
         click.option("--limit", type=int, help="First N rows only."),
         click.option(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ def _pricing(key: str, value: Any) -> dict[str, float]:
     for name, price in value.items():
         if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
             raise ConfigError(f"{key}.{name} must be a price >= 0 (USD per 1M tokens)")
+    for name in ("prompt", "completion"):
+        if name not in value:  # a missing price would count those tokens as free
+            raise ConfigError(
+                f"{key}.{name} is missing: give both prices (USD per 1M tokens; 0 if free)"
+            )
     return {name: float(price) for name, price in value.items()}
 
 
@@ -131,6 +137,17 @@ def _optional_bool(key: str, value: Any) -> bool | None:
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _env_name(key: str, value: Any) -> str:
+    """The name of the variable holding the API key. A value that is no variable name may
+    be the key itself, pasted in the wrong place: it is never echoed."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ConfigError(
+            f"{key} takes the name of an environment variable (such as NVIDIA_API_KEY), not "
+            "the key itself; what was given is not a variable name (not shown: it may be a key)"
+        )
     return value
 
 
@@ -249,7 +266,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "output": _string,
     "base_url": _http_url,
     "model": _string,
-    "api_key_env": _string,
+    "api_key_env": _env_name,
     "rpm": _rpm,
     "tpm": _optional_positive_int,
     "concurrency": _positive_int,

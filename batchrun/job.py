@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .budget import CostBudget, Pricing, job_cost
+from .budget import BudgetSpent, CostBudget, Pricing, cap_to_finish, job_cost
 from .checkpoint import AssetCache, Checkpoint, CheckpointWriter, FailureCause, Totals
 from .config import RunConfig, read_api_key
 from .dataset import expand_inputs
@@ -35,6 +35,7 @@ from .lock import CheckpointLock
 from .monitor import RunStats
 from .signals import install_signal_handlers
 from .stop import StopSignal
+from .summary import config_one_offs, next_command
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class JobResult:
     invalid_causes: list[FailureCause] = field(default_factory=list)
     parse_errors: int = 0  # ok answers whose JSON did not parse (--parse-json / --extract)
     cost: float | None = None  # USD over all runs, when [pricing] is set
+    cap_to_finish: float | None = None  # after a --max-cost stop: a cap that lets it finish
+    rows_past_limit: int = 0  # kept from earlier runs past a lowered --limit
 
 
 class Watcher(Protocol):
@@ -226,6 +229,7 @@ def _finish(
     )
     counts = checkpoint.counts()
     totals = checkpoint.totals()
+    cost = job_cost(cfg.pricing, totals)
     return JobResult(
         exit_code=_exit_code(counts, stopped),
         output=outputs[0],
@@ -240,7 +244,28 @@ def _finish(
         failure_causes=checkpoint.failure_causes(),
         invalid_causes=checkpoint.invalid_causes(),
         parse_errors=parse_errors,
-        cost=job_cost(cfg.pricing, totals),
+        cost=cost,
+        cap_to_finish=_cap_to_finish(cfg, counts, cost, stopped),
+        rows_past_limit=checkpoint.rows_past_limit(),
+    )
+
+
+def _cap_to_finish(
+    cfg: RunConfig, counts: dict[RowState, int], cost: float | None, stopped: BatchrunError | None
+) -> float | None:
+    pricing = Pricing.from_config(cfg.pricing)
+    if not isinstance(stopped, BudgetSpent) or cfg.max_cost is None or pricing is None:
+        return None
+    finished = counts.get(RowState.DONE, 0) + counts.get(RowState.FAILED, 0)
+    unfinished = sum(counts.values()) - finished - counts.get(RowState.INVALID, 0)
+    worst = stopped.worst or pricing.cost(0, cfg.body_template().get("max_tokens"))
+    return cap_to_finish(
+        spent=cost or 0.0,
+        cap=cfg.max_cost,
+        finished=finished,
+        unfinished=unfinished,
+        worst=worst,
+        concurrency=cfg.concurrency,
     )
 
 
@@ -288,7 +313,7 @@ async def _run_engine(
     watching = asyncio.create_task(parts.watcher.watch(stats)) if parts.watcher else None
     warming = asyncio.create_task(asyncio.to_thread(_warm_up_output))
     stop = StopSignal()
-    install_signal_handlers(stop, cfg.grace)
+    install_signal_handlers(stop, cfg.grace, lambda: next_command(undo=config_one_offs(cfg)))
     budget = _budget(cfg, checkpoint.totals())
     try:
         if cfg.engine == "ray":

@@ -155,6 +155,6 @@ def failure_budget_spent(max_failures: str | None, stats: RunStats) -> JobStoppe
         return None
     return JobStopped(
         f"failure budget spent: {failed} of {finished} rows failed this run "
-        f"(--max-failures {max_failures}). Rows not yet sent are kept; fix the cause and "
-        "run the same command to resume (add --retry-failed to try the failed rows again)."
+        f"(--max-failures {max_failures}). Rows not yet sent are kept: fix the cause, then "
+        "resume (the command is below; add --retry-failed to try the failed rows again)."
     )

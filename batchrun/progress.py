@@ -21,9 +21,10 @@ from .budget import Pricing
 if TYPE_CHECKING:
     from .monitor import RunStats
 
-# Columns for the bar when the terminal says it has none (some CI terminals and `script`
-# report 0): a bar of width 0 prints nothing.
+# The size to assume when a terminal reports none (some CI terminals and `script` report
+# 0 x 0): tqdm draws a bar of width 0 as nothing, and hides a bar below a screen of 0 lines.
 FALLBACK_COLUMNS = 80
+FALLBACK_LINES = 24
 
 REFRESH_S = 0.5
 
@@ -36,13 +37,14 @@ class ProgressBar:
         self._bar: tqdm[Any] | None = None
 
     async def watch(self, stats: RunStats) -> None:
-        sized = terminal_columns(self._stream) > 0
+        columns, lines = terminal_size(self._stream)
         bar: tqdm[Any] = tqdm(
             total=stats.todo,
             unit="row",
             file=self._stream,
-            dynamic_ncols=sized,
-            ncols=None if sized else FALLBACK_COLUMNS,
+            dynamic_ncols=columns > 0,
+            ncols=None if columns > 0 else FALLBACK_COLUMNS,
+            nrows=None if lines > 0 else FALLBACK_LINES,
             smoothing=0.1,
         )
         self._bar = bar
@@ -69,12 +71,14 @@ class ProgressBar:
         return done
 
 
-def terminal_columns(stream: TextIO) -> int:
-    """The terminal's width as it reports it (0 when it reports none, or is no terminal)."""
+def terminal_size(stream: TextIO) -> tuple[int, int]:
+    """The terminal's columns and lines as it reports them (0 for what it reports none of,
+    or when it is no terminal)."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        size = os.get_terminal_size(stream.fileno())
     except (OSError, ValueError, AttributeError):
-        return 0
+        return 0, 0
+    return size.columns, size.lines
 
 
 class StatusLines:

@@ -237,14 +237,16 @@ def _job_files(path: Path) -> Iterator[tuple[Path, Path | None, bool]]:
 def summarize(path: Path) -> dict[str, Any]:
     """The report's figures as plain data (what `--json` prints)."""
     with _job_files(path) as (output, checkpoint, exported):
-        summary = _summarize(output, checkpoint)
+        summary = _summarize(output, checkpoint, exported)
     if exported:
         summary["output"] = str(path)
-        summary["notes"].append("the output is not written yet: figures read from the checkpoint")
+        other_format = path.is_file() and checkpoint is not None and path != checkpoint
+        why = "is not Parquet" if other_format else "is not written yet"
+        summary["notes"].append(f"the output {why}: figures read from the checkpoint")
     return summary
 
 
-def _summarize(output: Path, checkpoint: Path | None) -> dict[str, Any]:
+def _summarize(output: Path, checkpoint: Path | None, exported: bool = False) -> dict[str, Any]:
     scan = _scan_output(output)
     job = _scan_checkpoint(checkpoint) if checkpoint else None
     settings = job.settings if job else {}
@@ -285,7 +287,7 @@ def _summarize(output: Path, checkpoint: Path | None) -> dict[str, Any]:
         ],
         "parse_errors": scan.parse_errors,
         "reused": scan.reused,
-        "notes": _notes(scan, job),
+        "notes": _notes(scan, job, exported),
     }
 
 
@@ -342,7 +344,7 @@ def _active_seconds(times: list[float], runs: list[RunRecord]) -> float:
     return total
 
 
-def _notes(scan: _OutputScan, job: _CheckpointScan | None) -> list[str]:
+def _notes(scan: _OutputScan, job: _CheckpointScan | None, exported: bool) -> list[str]:
     if job is None:
         return [
             "no checkpoint beside the output: no throughput, cost or model; failure causes "
@@ -350,7 +352,10 @@ def _notes(scan: _OutputScan, job: _CheckpointScan | None) -> list[str]:
         ]
     notes = []
     finished = {"ok": RowState.DONE, "failed": RowState.FAILED, "invalid": RowState.INVALID}
-    if any(scan.statuses.get(s, 0) != job.counts.get(state, 0) for s, state in finished.items()):
+    moved = any(
+        scan.statuses.get(s, 0) != job.counts.get(state, 0) for s, state in finished.items()
+    )
+    if moved and not exported:  # an output exported just now: a running job moves on anyway
         notes.append(
             f"the checkpoint has moved on since the output was written (it has "
             f"{job.counts.get(RowState.DONE, 0)} ok, {job.counts.get(RowState.FAILED, 0)} "

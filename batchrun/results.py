@@ -15,7 +15,7 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,15 +314,28 @@ def export(
     reader = open_reader(checkpoint)
     try:
         settings = reader.get_json("settings", {}) or {}
+        chosen = output_format or settings.get("output_format") or "parquet"
+        _refuse_the_checkpoint(checkpoint, output_paths(output, chosen).values())
         return write_outputs(
             reader,
             output,
-            output_format or settings.get("output_format") or "parquet",
+            chosen,
             parse_json=bool(settings.get("parse_json")),
             extract=tuple(settings.get("extract") or ()),
         )
     finally:
         reader.close()
+
+
+def _refuse_the_checkpoint(checkpoint: Path, paths: Iterable[Path]) -> None:
+    """An export must not land on the checkpoint it reads (or its WAL, index or lock)."""
+    own = {Path(f"{checkpoint}{end}").resolve() for end in ("", "-wal", "-shm", ".lock")}
+    for path in paths:
+        if path.resolve() in own:
+            raise ConfigError(
+                f"-o {path} is the checkpoint's own file ({checkpoint}): writing there would "
+                "destroy every stored answer; give another path"
+            )
 
 
 def write_outputs(

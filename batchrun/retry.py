@@ -145,8 +145,8 @@ def _retry(
     if wait is not None and wait > policy.max_pause:
         stop = JobStopped(
             f"the server asked to wait {wait:.0f}s ({error}); more than max_pause "
-            f"({policy.max_pause:.0f}s), so the job stopped. Run the same command later to "
-            "resume."
+            f"({policy.max_pause:.0f}s), so the job stopped; resume it later (the command is "
+            "below)."
         )
         return Decision(Action.STOP_JOB, stop=stop, forget_request=forget)
     if history.holds_request:

@@ -8,23 +8,26 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import suppress
 
 from .errors import Interrupted
 from .stop import StopSignal
 
 
-def install_signal_handlers(stop: StopSignal, grace: float) -> None:
+def install_signal_handlers(
+    stop: StopSignal, grace: float, resume_command: Callable[[], str] | None = None
+) -> None:
+    """SIGINT, SIGTERM and SIGHUP stop the job (a second one exits at once, printing
+    `resume_command()`, the way back)."""
     loop = asyncio.get_running_loop()
     seen: list[str] = []  # signals, not stops: the job may have stopped itself first
 
     def on_signal(signame: str) -> None:
         seen.append(signame)
         if len(seen) > 1:
-            say(
-                f"{signame} again: exiting now. The checkpoint is consistent; run the same "
-                "command to resume."
-            )
+            way_back = f"; resume with: {resume_command()}" if resume_command else ""
+            say(f"{signame} again: exiting now. The checkpoint is consistent{way_back}")
             os._exit(130)
         say(
             f"{signame}: no new requests; waiting up to {grace:g}s for those in flight "

@@ -15,6 +15,7 @@ from .checkpoint import checkpoint_for, open_reader, require_checkpoint
 from .errors import CheckpointError
 from .lifecycle import RowState
 from .lock import holder
+from .summary import past_limit_lines
 
 S = RowState
 
@@ -35,6 +36,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
             "checkpoint": str(checkpoint),
             "running": holder(checkpoint),
             "rows": sum(counts.values()),
+            "rows_past_limit": reader.rows_past_limit(),
             "states": {str(s): counts.get(s, 0) for s in RowState},
             "tokens": asdict(totals),
             "cost": job_cost(settings.get("pricing"), totals),
@@ -103,6 +105,7 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append(
             f"  started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['created_at']))}"
         )
+    lines += past_limit_lines(info.get("rows_past_limit", 0), info["rows"])
     for failure in info["failures"]:
         lines.append(f"  failed x{failure['rows']}: {failure['cause']}")
     for invalid in info["invalid"]:

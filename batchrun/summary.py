@@ -5,7 +5,6 @@ batchrun was started, so it can be pasted as it is.
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import shutil
@@ -13,8 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .budget import BudgetSpent
-from .config import failure_budget
+from .config import RunConfig, failure_budget
 from .lifecycle import RowState
 
 if TYPE_CHECKING:
@@ -44,15 +42,32 @@ def program(argv0: str | None = None, executable: str | None = None) -> list[str
 
 
 def next_command(
-    argv: Sequence[str] | None = None, *, add: Sequence[str] = (), prog: list[str] | None = None
+    argv: Sequence[str] | None = None,
+    *,
+    add: Sequence[str] = (),
+    prog: list[str] | None = None,
+    undo: Sequence[str] = (),
 ) -> str:
     """The command as it was run, less one-off flags (--fresh, --retry-failed, --dry-run),
-    with `add` appended; `add` replaces an option already given (`--max-cost 5`)."""
+    plus `undo` (what a config file's one-offs need, see config_one_offs), with `add`
+    appended; `add` replaces an option already given (`--max-cost 5`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     args = [a for a in args if a not in _ONE_OFF]
     if add and add[0].startswith("--") and len(add) == 2:
         args = _without_option(args, add[0])
-    return shlex.join([*(prog if prog is not None else program()), *args, *add])
+    return shlex.join([*(prog if prog is not None else program()), *args, *undo, *add])
+
+
+def config_one_offs(cfg: RunConfig, argv: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The flags that turn off a one-off a config file set (`fresh = true` there would
+    start the job over on every resume), for the commands that come next."""
+    given = set(sys.argv[1:] if argv is None else argv)
+    undo = []
+    if cfg.fresh and "--fresh" not in given:
+        undo.append("--no-fresh")
+    if cfg.retry_failed and "--retry-failed" not in given:
+        undo.append("--no-retry-failed")
+    return tuple(undo)
 
 
 def _without_option(args: list[str], name: str) -> list[str]:
@@ -71,7 +86,10 @@ def _without_option(args: list[str], name: str) -> list[str]:
 
 
 def format_summary(
-    result: JobResult, argv: Sequence[str] | None = None, prog: list[str] | None = None
+    result: JobResult,
+    argv: Sequence[str] | None = None,
+    prog: list[str] | None = None,
+    undo: Sequence[str] = (),
 ) -> str:
     counts = result.counts
     ok, failed = counts.get(RowState.DONE, 0), counts.get(RowState.FAILED, 0)
@@ -100,13 +118,14 @@ def format_summary(
         lines.append(f"  {stats.no_usage} answers came without token usage (usage left empty)")
     if result.parse_errors:
         lines.append(f"  {result.parse_errors} answers did not parse as JSON (see parse_error)")
+    lines += past_limit_lines(result.rows_past_limit, total)
     lines += [f"  failed x{c.rows}: {c.label}" for c in result.failure_causes]
     lines += invalid_lines(result.invalid_causes)
     lines.append("  output: " + ", ".join(str(p) for p in result.outputs))
     lines.append(f"  checkpoint: {result.checkpoint}")
     if result.stopped is not None:
         lines.append(f"stopped: {result.stopped}")
-    lines += _next_steps(result, unfinished, failed, argv, prog)
+    lines += _next_steps(result, unfinished, failed, argv, prog, undo)
     return "\n".join(lines)
 
 
@@ -120,6 +139,7 @@ def _next_steps(
     failed: int,
     argv: Sequence[str] | None,
     prog: list[str] | None,
+    undo: Sequence[str],
 ) -> list[str]:
     lines = []
     if unfinished:
@@ -129,29 +149,23 @@ def _next_steps(
                 f"  {waiting} rows await their result at the server: resume within about a "
                 "minute, or their ids expire and they are bought again"
             )
-        if isinstance(result.stopped, BudgetSpent):
-            cap = raised_cap(result, unfinished)
+        if result.cap_to_finish is not None:
+            cap = result.cap_to_finish
             lines.append(
-                f"raise the cap to finish (about ${cap - (result.cost or 0):.2f} more for "
-                f"{unfinished} rows): "
-                + next_command(argv, add=("--max-cost", f"{cap:g}"), prog=prog)
+                f"raise the cap to finish ({unfinished} rows left at the cost of a row so far, "
+                f"with room for the requests in flight): "
+                + next_command(argv, add=("--max-cost", f"{cap:g}"), prog=prog, undo=undo)
             )
         else:
-            lines.append(f"resume with: {next_command(argv, prog=prog)}")
+            lines.append(f"resume with: {next_command(argv, prog=prog, undo=undo)}")
     elif failed:
-        command = next_command(argv, add=("--retry-failed",), prog=prog)
+        keep = [flag for flag in undo if flag != "--no-retry-failed"]
+        command = next_command(argv, add=("--retry-failed",), prog=prog, undo=keep)
+        retried = "--retry-failed" in (sys.argv[1:] if argv is None else argv)
+        if retried and result.stats.failed == failed:  # every row retried failed again
+            lines.append("the failed rows failed again: fix what the causes above say first")
         lines.append(f"retry the failed rows with: {command}")
     return lines
-
-
-def raised_cap(result: JobResult, unfinished: int) -> float:
-    """A --max-cost that would let the job finish: what it spent, plus the rows left at the
-    average cost of a row so far, plus a tenth; in cents, rounded up."""
-    spent = result.cost or 0.0
-    finished = result.counts.get(RowState.DONE, 0) + result.counts.get(RowState.FAILED, 0)
-    per_row = spent / finished if finished and spent else 0.0
-    wanted = (spent + unfinished * per_row) * 1.1 if per_row else max(2 * spent, 1.0)
-    return math.ceil(wanted * 100) / 100
 
 
 def format_dry_run(report: DryRunReport) -> str:
@@ -184,3 +198,13 @@ def dry_run_fails(report: DryRunReport, max_failures: str | None) -> str | None:
             f"past --max-failures {max_failures}"
         )
     return None
+
+
+def past_limit_lines(past: int, rows: int) -> list[str]:
+    """What a lowered --limit holds back (the summary and status say it alike)."""
+    if not past:
+        return []
+    return [
+        f"  {past} more rows kept past --limit {rows} (with their answers; the tokens above "
+        "count them): raise or drop --limit to include them"
+    ]

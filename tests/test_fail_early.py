@@ -5,6 +5,7 @@ second Ctrl-C."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sqlite3
 from pathlib import Path
@@ -177,7 +178,7 @@ def test_second_ctrl_c_exits_at_once_and_the_checkpoint_is_consistent(
     data = write_jsonl(tmp_path / "in.jsonl", inputs)
     out = tmp_path / "out.parquet"
     args = run_args(data, out, mock_server, fast_config, "--concurrency", "4", "--grace", "60")
-    proc = start_cli(*args)
+    proc = start_cli(*args, "--fresh")
     wait_until(lambda: mock_server.stats()["submissions"] >= 4)
     proc.send_signal(signal.SIGINT)
     first = read_stderr_until(proc, "no new requests")  # the first one was handled
@@ -186,6 +187,9 @@ def test_second_ctrl_c_exits_at_once_and_the_checkpoint_is_consistent(
     stderr = first + rest
     assert proc.returncode == 130
     assert "again: exiting now" in stderr
+    # The way back is printed, less the --fresh that would discard what was done.
+    hint = stderr.split("resume with: ", 1)[1].splitlines()[0]
+    assert shlex.split(hint)[-len(args) :] == args and "--fresh" not in hint
     checkpoint = Path(str(out) + ".checkpoint.sqlite")
     conn = sqlite3.connect(checkpoint)  # SQLite's own check, under batchrun's reading
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -3,11 +3,14 @@ the CLI as a user meets them (issue 12: every message true, every next step one 
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
+import os
+import pty
 import shlex
 import signal
 import sqlite3
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,7 +24,7 @@ from batchrun.config import build_config
 from batchrun.errors import ConfigError
 from batchrun.lifecycle import RowState
 from batchrun.monitor import RunStats
-from batchrun.progress import ProgressBar, status_line
+from batchrun.progress import status_line
 from batchrun.report import _throughput
 from batchrun.summary import next_command, program
 from batchrun.testing import MockServer
@@ -88,6 +91,9 @@ def test_a_dry_run_fails_where_the_real_run_would(
     )
     assert within.returncode == 0, within.stderr
     assert mock_server.stats()["submissions"] == 0
+    # NVIDIA's endpoint without a key: the run would exit 3, so does its rehearsal.
+    keyless = run_cli("run", str(data), "-o", str(out), "--dry-run")
+    assert keyless.returncode == 3 and "no API key" in keyless.stderr
 
 
 # ---------------------------------------------------------------- 2. a limit that grows
@@ -111,6 +117,8 @@ def test_raising_the_limit_goes_on_and_lowering_it_hides_rows(
     lowered = run_cli(*args, "--limit", "3")
     assert lowered.returncode == 0 and "3 rows: 3 ok" in lowered.stderr
     assert [r["id"] for r in rows_of(out)] == ["r00000", "r00001", "r00002"]
+    held = "3 more rows kept past --limit 3"
+    assert held in lowered.stderr and held in run_cli("status", str(out)).stdout
     assert run_cli(*args).returncode == 0
     assert len(rows_of(out)) == 6 and mock_server.stats()["submissions"] == 6
 
@@ -168,6 +176,22 @@ def test_export_writes_what_run_writes_from_the_checkpoint_or_the_output_path(
     assert pq.read_table(by_checkpoint).equals(written)
 
 
+def test_export_refuses_to_write_over_its_checkpoint_or_where_it_cannot(
+    mock_server: MockServer, fast_config: Path, tmp_path: Path
+) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    out = tmp_path / "out.parquet"
+    run_cli(*run_args(data, out, mock_server, fast_config), check=True)
+    checkpoint = Path(f"{out}.checkpoint.sqlite")
+    for target in (checkpoint, Path(f"{checkpoint}-wal")):
+        refused = run_cli("export", str(out), "-o", str(target))
+        assert refused.returncode == 2 and "checkpoint's own file" in refused.stderr
+    assert run_cli("status", str(out)).returncode == 0  # still a checkpoint
+    nowhere = run_cli("export", str(out), "-o", "/proc/no/such.parquet")
+    assert nowhere.returncode == 2 and "cannot write the output" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
+
+
 def test_status_export_and_report_of_a_first_run_still_under_way(
     mock_server: MockServer, fast_config: Path, tmp_path: Path
 ) -> None:
@@ -183,7 +207,8 @@ def test_status_export_and_report_of_a_first_run_still_under_way(
     assert "40 rows:" in status.stdout and "running: process" in status.stdout
     report = run_cli("report", str(out))
     assert report.returncode == 0, report.stderr
-    assert "read from the checkpoint" in report.stdout
+    assert "the output is not written yet: figures read from the checkpoint" in report.stdout
+    assert "moved on" not in report.stdout  # it was exported just now, not written earlier
     copy = tmp_path / "now.parquet"
     run_cli("export", str(out), "-o", str(copy), check=True)
     assert pq.read_table(copy).num_rows == 40
@@ -208,6 +233,24 @@ def test_the_retry_hint_names_retry_failed_once(
     assert again.returncode == 1
     hint = next(line for line in again.stderr.splitlines() if line.startswith("retry the"))
     assert hint.count("--retry-failed") == 1
+    assert "failed again: fix what the causes above say first" in again.stderr
+
+
+def test_a_hint_turns_off_the_one_offs_a_config_file_sets(
+    mock_server: MockServer, fast_config: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "fresh.toml"
+    config.write_text(fast_config.read_text() + "fresh = true\n")  # every run starts over
+    data = write_jsonl(tmp_path / "in.jsonl", [*prompts(3), {"id": "x", "prompt": "[mock:422]"}])
+    out = tmp_path / "out.parquet"
+    first = run_cli(*run_args(data, out, mock_server, config))
+    assert first.returncode == 1
+    hint = next(line for line in first.stderr.splitlines() if line.startswith("retry the"))
+    printed = shlex.split(hint.split(": ", 1)[1])
+    assert printed[-2:] == ["--no-fresh", "--retry-failed"]
+    again = run_cli(*printed[printed.index("run") :])  # pasted: the 3 answers are kept
+    assert again.returncode == 1 and "3 ok, 1 failed" in again.stderr
+    assert mock_server.stats()["submissions"] == 5  # 4, then the failed row once more
 
 
 def test_after_a_cost_stop_the_hint_raises_the_cap(
@@ -217,17 +260,21 @@ def test_after_a_cost_stop_the_hint_raises_the_cap(
     config.write_text(fast_config.read_text() + "[pricing]\nprompt = 1000\ncompletion = 1000\n")
     data = write_jsonl(tmp_path / "in.jsonl", prompts(30))
     out = tmp_path / "out.parquet"
+    # max_tokens far above what the answers use: each request books ~$0.2 while a row costs
+    # ~$0.01, so a cap from the cost of a row alone would stop again on the bookings of the
+    # four requests in flight.
     args = run_args(
-        data, out, mock_server, config, "-p", "max_tokens=10", "--concurrency", "1",
-        "--max-cost", "0.1",
+        data, out, mock_server, config, "-p", "max_tokens=200", "--concurrency", "4",
+        "--max-cost", "0.5",
     )  # fmt: skip
     stopped = run_cli(*args)
     assert stopped.returncode == 1 and "cost cap" in stopped.stderr
+    assert "run the same command" not in stopped.stderr  # the hint below is the command
     hint = next(line for line in stopped.stderr.splitlines() if line.startswith("raise the cap"))
     command = hint.split(": ", 1)[1]
-    assert command.count("--max-cost") == 1 and "--max-cost 0.1" not in command
+    assert command.count("--max-cost") == 1 and "--max-cost 0.5" not in command
     cap = float(command.split("--max-cost ", 1)[1].split()[0])
-    assert cap > 0.1
+    assert cap > 0.5
     printed = shlex.split(command)
     finished = run_cli(*printed[printed.index("run") :])  # the printed command, as printed
     assert finished.returncode == 0, finished.stderr
@@ -307,21 +354,29 @@ def test_sighup_stops_like_sigterm_writes_the_output_and_resumes(
     assert run_cli(*args).returncode == 0
 
 
-def test_a_terminal_of_zero_columns_still_gets_a_bar() -> None:
-    async def show() -> str:
-        import asyncio
-
-        stream = io.StringIO()  # reports no size: the bar takes a fixed width
-        stats = RunStats(todo=10, ok=4)
-        watcher = asyncio.ensure_future(ProgressBar(stream).watch(stats))
-        await asyncio.sleep(0)
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        return stream.getvalue()
-
-    import asyncio
-
-    assert "4/10" in asyncio.run(show())
+def test_a_terminal_of_zero_size_still_gets_a_bar(
+    mock_server: MockServer, fast_config: Path, tmp_path: Path
+) -> None:
+    """A pseudo-terminal reports 0 x 0 until someone sets its size (as `script` and some CI
+    runners leave it): tqdm then draws a bar of no width, and hides it below a screen of no
+    lines. The run's stderr is such a terminal here."""
+    mock_server.configure(latency=0.1)
+    data = write_jsonl(tmp_path / "in.jsonl", prompts(12))
+    args = run_args(data, tmp_path / "out.parquet", mock_server, fast_config, "--concurrency", "2")
+    main, side = pty.openpty()
+    assert os.get_terminal_size(side) == (0, 0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", *args], stderr=side, stdout=subprocess.DEVNULL
+    )
+    os.close(side)
+    drawn = b""
+    with contextlib.suppress(OSError):  # EIO once the run has closed its end
+        while chunk := os.read(main, 65536):
+            drawn += chunk
+    os.close(main)
+    assert proc.wait(timeout=60) == 0
+    frames = drawn.decode(errors="replace").split("batchrun: 12 rows")[0]
+    assert "12/12" in frames and "row/s" in frames, frames
 
 
 # ---------------------------------------------------------------- 8. logs get progress
@@ -423,3 +478,32 @@ def test_other_servers_keep_their_own_fields_and_ranges() -> None:
 def test_a_pricing_typo_is_named_with_the_suggestion() -> None:
     with pytest.raises(ConfigError, match=r"pricing.promt is not a price .*did you mean 'prompt'"):
         build_config({"pricing": {"promt": 1.0}})
+    with pytest.raises(ConfigError, match=r"pricing.completion is missing"):
+        build_config({"pricing": {"prompt": 0.6}})  # not free: forgotten
+
+
+def test_a_key_given_where_its_variable_name_goes_is_never_echoed(tmp_path: Path) -> None:
+    secret = "nvapi-SUPERSECRET123"
+    data = write_jsonl(tmp_path / "in.jsonl", prompts(1))
+    out = tmp_path / "out.parquet"
+    on_the_line = run_cli("run", str(data), "-o", str(out), "--api-key-env", secret)
+    config = tmp_path / "key.toml"
+    config.write_text(f'api_key_env = "{secret}"\n')
+    in_a_file = run_cli("run", str(data), "-o", str(out), "-c", str(config))
+    for result in (on_the_line, in_a_file):
+        assert result.returncode == 2
+        assert "takes the name of an environment variable" in result.stderr
+        assert "SUPERSECRET" not in result.stderr + result.stdout
+
+
+def test_report_takes_an_output_in_openai_batch_format(
+    mock_server: MockServer, fast_config: Path, tmp_path: Path
+) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    out = tmp_path / "out.jsonl"
+    args = run_args(data, out, mock_server, fast_config, "--output-format", "openai-jsonl")
+    run_cli(*args, check=True)
+    report = run_cli("report", str(out))
+    assert report.returncode == 0, report.stderr
+    assert "the output is not Parquet: figures read from the checkpoint" in report.stdout
+    assert run_cli("status", str(out)).returncode == 0

@@ -66,12 +66,19 @@ def starts_with(path: Path, magic: bytes) -> bool:
 
 def locate_job(path: Path) -> tuple[Path | None, Path | None]:
     """A job's output Parquet file and its checkpoint, from either one (`batchrun report`).
-    The output is None while a first run has not written it yet (the checkpoint is there);
-    the checkpoint is None for an output whose checkpoint is gone."""
+    The output is None while a first run has not written it yet, or when it is not Parquet
+    (the checkpoint is there); the checkpoint is None for an output whose checkpoint is
+    gone."""
     if path.is_file() and starts_with(path, PARQUET_MAGIC):
         return path, checkpoint_for(path)
     if path.is_file() and not starts_with(path, SQLITE_MAGIC):
-        raise ConfigError(f"{path}: neither a batchrun output (Parquet) nor a batchrun checkpoint")
+        beside = checkpoint_for(path)  # an output in another format (OpenAI batch JSONL)
+        if beside is None:
+            raise ConfigError(
+                f"{path}: neither a batchrun output (Parquet) nor a batchrun checkpoint, and "
+                "no checkpoint beside it"
+            )
+        return None, beside
     checkpoint = require_checkpoint(path)
     if checkpoint != path:  # an output path whose file is not written yet
         return None, checkpoint

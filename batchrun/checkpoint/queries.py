@@ -202,6 +202,11 @@ class CheckpointReader:
         """The job's rows: those read, up to its current limit."""
         return min(self.stored_rows(), self._upto)
 
+    def rows_past_limit(self) -> int:
+        """Rows read by an earlier run and kept past a lowered --limit (out of every read
+        but `totals`, which counts every row's tokens)."""
+        return self.stored_rows() - self.row_count()
+
     def counts(self) -> dict[RowState, int]:
         """Rows per state. Reads only rows not done (the rest is the difference)."""
         rows = self._conn.execute(

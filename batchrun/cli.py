@@ -201,8 +201,9 @@ def report(output: str, html_path: str | None, as_json: bool) -> None:
 
     OUTPUT is a job's output path (its checkpoint is read too when it is beside it; an
     output not written yet is read from the checkpoint), or the checkpoint itself."""
-    from .report import format_report, summarize
+    from .report import summarize
     from .report_html import write_html
+    from .report_text import format_report
 
     try:
         summary = summarize(Path(output))

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigError
-from .report import plot_numbers, summary_rows
+from .report import plot_numbers
+from .report_text import summary_rows
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -27,8 +27,9 @@ from batchrun.checkpoint import open_reader
 from batchrun.cli import main
 from batchrun.errors import ConfigError
 from batchrun.lifecycle import RowState
-from batchrun.report import error_cause, format_report, summarize
+from batchrun.report import error_cause, summarize
 from batchrun.report_html import write_html
+from batchrun.report_text import format_report
 from batchrun.results import output_schema
 from batchrun.testing import MockServer, MockSettings
 

@@ -3,7 +3,7 @@
 - schema.py: the tables, every column, and the numbered migrations applied on open;
 - upgrade.py: migration 2's data move (the compact ledger);
 - values.py: how values are stored compactly;
-- queries.py: reads as typed rows and pages (CheckpointReader);
+- queries.py: reads as typed rows and pages (CheckpointReader); figures.py: their types;
 - store.py: the checkpoint its job owns: create, open, ingest, moves between runs;
 - writer.py: the writer thread, the lifecycle Sink of a run;
 - reuse.py: `--reuse` from an earlier checkpoint or output;
@@ -14,15 +14,7 @@
 from __future__ import annotations
 
 from .assets import AssetCache
-from .locate import (
-    checkpoint_for,
-    default_checkpoint,
-    locate_job,
-    output_for,
-    require_checkpoint,
-)
-from .queries import (
-    CheckpointReader,
+from .figures import (
     FailureCause,
     PendingId,
     RequestFigures,
@@ -31,6 +23,14 @@ from .queries import (
     TimelinePage,
     Totals,
 )
+from .locate import (
+    checkpoint_for,
+    default_checkpoint,
+    locate_job,
+    output_for,
+    require_checkpoint,
+)
+from .queries import CheckpointReader
 from .reuse import ReusedAnswer
 from .schema import SCHEMA_VERSION
 from .store import (

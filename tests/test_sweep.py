@@ -1,0 +1,73 @@
+"""`batchrun sweep`: a mistake in a sweep file (or a file it names) is reported before any
+cell runs (exit 2), naming the sweep file, the table and the key as the user wrote them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchrun.testing import MockServer
+
+from .conftest import REPO, prompts, run_cli, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+HEAD = 'output_dir = "out"\ndatasets = ["d.jsonl"]\n'
+
+
+def sweep_in(folder: Path, text: str, name: str = "s12.toml") -> Path:
+    """A sweep file over a two-row dataset next to it."""
+    write_jsonl(folder / "d.jsonl", prompts(2))
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def nothing_ran(server: MockServer, folder: Path) -> None:
+    assert server.stats()["submissions"] == 0
+    assert not (folder / "out").exists()  # no cell started, no summary written
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (HEAD + '[grid]\nmax_tokens = [1, "x"]\n',
+         "{sweep}: [grid] max_tokens must be a whole number, got 'x'"),
+        (HEAD + '[run.params]\ntop_p = "high"\n',
+         "{sweep}: [run.params] top_p must be a number, got 'high'"),
+        (HEAD + "[run]\nrpn = 5\n", "{sweep}: unknown key 'rpn' in [run] (did you mean 'rpm'?)"),
+        (HEAD + 'modles = ["m/a"]\n',
+         "{sweep}: unknown sweep key 'modles' (did you mean 'models'?)"),
+        (HEAD + "rpm = 5\n", "{sweep}: unknown sweep key 'rpm' (a run setting: put it under "
+         "[run], or list its values under [grid])"),
+        (HEAD + 'config = "nope.toml"\n', "{sweep}: config = 'nope.toml': {folder}/nope.toml "
+         "not found (paths in a sweep file are relative to it)"),
+        (HEAD + 'config = "job.toml"\n', "{folder}/job.toml: [params] top_p must be a number, "
+         "got 'high'"),
+    ],
+)  # fmt: skip
+def test_a_sweep_file_mistake_names_the_file_table_and_key(
+    mock_server: MockServer, tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "job.toml").write_text('[params]\ntop_p = "high"\n')  # a base config's mistake
+    path = sweep_in(tmp_path, text)
+    result = run_cli("sweep", str(path), "--base-url", mock_server.base_url)
+    assert result.returncode == 2, result.stderr
+    expected = message.format(sweep=path, folder=tmp_path)
+    assert result.stderr == f"batchrun: error: {expected}\n"
+    nothing_ran(mock_server, tmp_path)
+
+
+def test_a_typo_in_run_params_is_named_with_the_nvidia_config(tmp_path: Path) -> None:
+    """The NVIDIA endpoint refuses unknown fields: a typo under [run.params] is named with
+    the sweep file and the suggestion. (No key is set: nothing could be sent anyway.)"""
+    nvidia = REPO / "configs/nvidia.toml"
+    path = sweep_in(tmp_path, HEAD + f'config = "{nvidia}"\n[run.params]\nmax_tokns = 64\n')
+    result = run_cli("sweep", str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"batchrun: error: {path}: [run.params] max_tokns is not a field of this endpoint's "
+        "requests; did you mean 'max_tokens'?\n"
+    )
+    assert not (tmp_path / "out").exists()

@@ -16,6 +16,11 @@ event loop and share one rate limiter, so `rpm` holds across the whole sweep.
     [grid]                                # each key: a list of values; run keys or body fields
     temperature = [0.0, 0.6]
 
+Mistakes are found before any cell runs (exit 2): the files the sweep names (datasets, the
+base config, a `[run]` reuse) are checked when the sweep file is read, and every cell's
+settings are built before the first one runs; messages name the file, table and key as
+written (`sweep.toml: [grid] max_tokens`, `sweep.toml: [run.params] top_p`).
+
 Writes `summary.parquet` and `summary.md` in output_dir (per cell: rows ok/failed/invalid,
 tokens, cost, latency p50/p95, and the exact-match accuracy against an `expected` column),
 and with `--junit-xml` one test case per cell, failed where the cell's failure rate is over
@@ -49,6 +54,7 @@ from .config import (
     load_toml,
     read_toml,
 )
+from .dataset import expand_inputs
 from .errors import AuthError, BatchrunError, ConfigError, Interrupted
 from .factory import new_limiter
 from .job import JobResult, run_job_async
@@ -133,9 +139,10 @@ def load_sweep(path: Path, cli: Mapping[str, Any]) -> SweepSpec:
     models = data.get("models") or [None]
     if not isinstance(models, list) or not all(m is None or isinstance(m, str) for m in models):
         raise ConfigError(f"{path}: models must be a list of model names")
-    datasets = data["datasets"]
-    if isinstance(datasets, str):
-        datasets = [datasets]
+    if not isinstance(data["output_dir"], str):
+        raise ConfigError(f"{path}: output_dir must be a folder's path, got {data['output_dir']!r}")
+    datasets = _datasets(path, data["datasets"])
+    _check_reuse(layers)
     rate = cli.get("max_failure_rate")
     rate = data.get("max_failure_rate", 0.0) if rate is None else rate
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
@@ -144,7 +151,7 @@ def load_sweep(path: Path, cli: Mapping[str, Any]) -> SweepSpec:
     return SweepSpec(
         path=path,
         output_dir=Path(os.path.normpath(folder / data["output_dir"])),
-        datasets=[os.path.normpath(folder / d) for d in datasets],
+        datasets=datasets,
         models=models,
         layers=layers,
         grid=grid,
@@ -184,6 +191,40 @@ def _base_config(path: Path, ref: Any) -> tuple[dict[str, Any], Source]:
             "relative to it)"
         )
     return load_toml(config), Source(str(config))
+
+
+def _datasets(path: Path, value: Any) -> list[str]:
+    """The datasets' paths (relative to the sweep file), each checked now, before any cell
+    runs: a missing one is the sweep file's mistake, not a cell's failure."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(d, str) and d for d in value):
+        raise ConfigError(f"{path}: datasets must be a list of input paths, got {value!r}")
+    found: list[str] = []
+    for ref in value:
+        full = os.path.normpath(path.parent / ref)
+        if not Path(full).exists():
+            raise ConfigError(
+                f"{path}: datasets: {ref!r}: {full} not found (paths in a sweep file are "
+                "relative to it)"
+            )
+        try:
+            expand_inputs([full])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: datasets: {ref!r}: {exc}") from None
+        found.append(full)
+    return found
+
+
+def _check_reuse(layers: list[tuple[dict[str, Any], Source]]) -> None:
+    """An earlier run to reuse answers from must exist before any cell runs."""
+    for values, source in reversed(layers):  # the last layer that sets it wins
+        if "reuse" not in values:
+            continue
+        reuse = values["reuse"]
+        if isinstance(reuse, str) and reuse and not Path(reuse).is_file():
+            raise ConfigError(f"{source.key('reuse')}: no such checkpoint or output file: {reuse}")
+        return
 
 
 def _table(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:

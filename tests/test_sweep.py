@@ -71,3 +71,30 @@ def test_a_typo_in_run_params_is_named_with_the_nvidia_config(tmp_path: Path) ->
         "requests; did you mean 'max_tokens'?\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('output_dir = "out"\ndatasets = ["d.jsonl", "nope.jsonl"]\n',
+         "{sweep}: datasets: 'nope.jsonl': {folder}/nope.jsonl not found (paths in a sweep "
+         "file are relative to it)"),
+        ('output_dir = "out"\ndatasets = ["d.jsonl", "job.toml"]\n',
+         "{sweep}: datasets: 'job.toml': {folder}/job.toml: unsupported input type (expected "
+         ".jsonl, .jsonl.gz, .ndjson, .parquet)"),
+        (HEAD + '[run]\nreuse = "old.parquet"\n',
+         "{sweep}: [run] reuse: no such checkpoint or output file: {folder}/old.parquet"),
+    ],
+)  # fmt: skip
+def test_a_missing_dataset_stops_the_sweep_before_any_cell_runs(
+    mock_server: MockServer, tmp_path: Path, text: str, message: str
+) -> None:
+    """Every file the sweep reads is checked when the sweep file is read: the first cell
+    (over d.jsonl, which exists) does not run, and the exit is 2 (a config error), not 1."""
+    (tmp_path / "job.toml").write_text("rpm = 5\n")
+    path = sweep_in(tmp_path, text)
+    result = run_cli("sweep", str(path), "--base-url", mock_server.base_url)
+    assert result.returncode == 2, result.stderr
+    expected = message.format(sweep=path, folder=tmp_path)
+    assert result.stderr == f"batchrun: error: {expected}\n"
+    nothing_ran(mock_server, tmp_path)

@@ -55,7 +55,7 @@ from .config import (
     read_toml,
 )
 from .dataset import expand_inputs
-from .errors import AuthError, BatchrunError, ConfigError, Interrupted
+from .errors import AuthError, BatchrunError, ConfigError, Interrupted, RunMismatchError
 from .factory import new_limiter
 from .job import JobResult, run_job_async
 from .lifecycle import RowState
@@ -312,6 +312,10 @@ async def _run_cell(cell: Cell, spec: SweepSpec, limiter: Any) -> CellReport:
         result = await run_job_async(cell.cfg, limiter=limiter)
     except AuthError:
         raise  # a bad key fails every cell alike: stop the sweep (exit 3)
+    except RunMismatchError as exc:  # the run's hint names flags a sweep does not have
+        report.problem = f"{exc.problem} {_mismatch_hint(exc, cell, spec)}"
+        report.wall_s = time.monotonic() - started
+        return report
     except BatchrunError as exc:
         report.problem = str(exc)
         report.wall_s = time.monotonic() - started
@@ -320,6 +324,21 @@ async def _run_cell(cell: Cell, spec: SweepSpec, limiter: Any) -> CellReport:
         raise result.stopped  # the same for every cell, or the user asked to stop
     _fill(report, result, spec)
     return report
+
+
+def _mismatch_hint(exc: RunMismatchError, cell: Cell, spec: SweepSpec) -> str:
+    """What to do about a cell whose checkpoint is another job's, from the sweep: its
+    --fresh restarts every cell, and a [run] reuse (one file for every cell) keeps answers."""
+    earlier = os.path.relpath(cell.cfg.output, spec.path.parent)
+    return (
+        "Run the sweep with its original inputs and settings to resume this cell, or run "
+        f"batchrun sweep {spec.path} --fresh to start over: --fresh restarts every cell of "
+        f"the sweep, not only this one (this cell's {exc.done} finished rows are discarded). "
+        f'To keep the answers whose request did not change, add reuse = "{earlier}" under '
+        f"[run] in {spec.path} before running it with --fresh: rows asking what this cell "
+        "asked before are then answered from its earlier results instead of being bought "
+        "again (reuse names one file, for every cell)."
+    )
 
 
 def _fill(report: CellReport, result: JobResult, spec: SweepSpec) -> None:

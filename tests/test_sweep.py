@@ -98,3 +98,32 @@ def test_a_missing_dataset_stops_the_sweep_before_any_cell_runs(
     expected = message.format(sweep=path, folder=tmp_path)
     assert result.stderr == f"batchrun: error: {expected}\n"
     nothing_ran(mock_server, tmp_path)
+
+
+def test_a_cells_checkpoint_mismatch_suggests_what_the_sweep_can_do(
+    mock_server: MockServer, fast_config: Path, tmp_path: Path
+) -> None:
+    """The run's hint (`--fresh --reuse OUTPUT`) names a flag sweep does not have; a cell
+    says what works from the sweep, and doing what it says keeps the paid answers."""
+    text = HEAD + f'config = "{fast_config.name}"\n'
+    path = sweep_in(tmp_path, text)
+    data = write_jsonl(tmp_path / "d.jsonl", prompts(3))
+    args = ["sweep", str(path), "--base-url", mock_server.base_url]
+    run_cli(*args, check=True)
+    assert mock_server.stats()["submissions"] == 3
+    write_jsonl(data, prompts(4))  # the dataset grew: the cell's checkpoint is another job's
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert "--reuse" not in result.stderr
+    assert (
+        "Run the sweep with its original inputs and settings to resume this cell, or run "
+        f"batchrun sweep {path} --fresh to start over: --fresh restarts every cell of the "
+        "sweep, not only this one (this cell's 3 finished rows are discarded). To keep the "
+        'answers whose request did not change, add reuse = "out/d-default/results.parquet" '
+        f"under [run] in {path} before running it with --fresh:"
+    ) in result.stderr
+    assert mock_server.stats()["submissions"] == 3
+    path.write_text(text + '[run]\nreuse = "out/d-default/results.parquet"\n')
+    result = run_cli(*args, "--fresh")
+    assert result.returncode == 0, result.stderr
+    assert mock_server.stats()["submissions"] == 4  # only the new row was bought

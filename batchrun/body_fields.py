@@ -1,7 +1,8 @@
 """Request body fields a job sets (`[params]`, `-p`), checked before anything is sent.
 
 Every endpoint: a field the OpenAI API and NVIDIA's reference document must have the type
-they give it (`temperature = "hot"` is refused, naming `params.temperature`). NVIDIA's
+they give it (`temperature = "hot"` is refused, naming the field where it was set: `-p
+temperature`, `job.toml: [params] temperature`). NVIDIA's
 endpoints also: the reference's ranges (temperature between 0 and 1), and an unknown field
 one typo away from a known one is refused with the suggestion (`temprature`), since the
 server would refuse it a row at a time. Other servers take fields of their own (vLLM's
@@ -82,31 +83,40 @@ TEMPLATE_KWARGS: dict[str, Field] = {
 }
 
 
-def check_body_fields(params: Mapping[str, Any], where: str, *, nvidia: bool) -> None:
-    """Raise ConfigError naming `where.field` (and the suggestion) for a field set wrong."""
-    _check(params, DOCUMENTED, where, nvidia)
+def check_body_fields(
+    params: Mapping[str, Any], label: Callable[[str], str], *, nvidia: bool
+) -> None:
+    """Raise ConfigError for a field set wrong, naming it (and the suggestion) by `label`,
+    which turns a field's path ("top_p", "chat_template_kwargs.enable_thinking") into the
+    words that say where it was set."""
+    _check(params, DOCUMENTED, label, nvidia)
     kwargs = params.get("chat_template_kwargs")
     if isinstance(kwargs, dict):
-        _check(kwargs, TEMPLATE_KWARGS, f"{where}.chat_template_kwargs", nvidia)
+        _check(kwargs, TEMPLATE_KWARGS, lambda name: label(f"chat_template_kwargs.{name}"), nvidia)
 
 
-def _check(values: Mapping[str, Any], known: Mapping[str, Field], where: str, nvidia: bool) -> None:
+def _check(
+    values: Mapping[str, Any],
+    known: Mapping[str, Field],
+    label: Callable[[str], str],
+    nvidia: bool,
+) -> None:
     for name, value in values.items():
         if value is None:  # `-p top_k=null` removes a default: always allowed
             continue
         field = known.get(name)
         if field is None:
             if nvidia:
-                _refuse_typo(name, known, where)
+                _refuse_typo(name, known, label)
             continue
         problem = field.problem(value, nvidia)
         if problem is not None:
-            raise ConfigError(f"{where}.{name} {problem}, got {value!r}")
+            raise ConfigError(f"{label(name)} {problem}, got {value!r}")
 
 
-def _refuse_typo(name: str, known: Mapping[str, Field], where: str) -> None:
+def _refuse_typo(name: str, known: Mapping[str, Field], label: Callable[[str], str]) -> None:
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
     if close:
         raise ConfigError(
-            f"{where}.{name} is not a field of this endpoint's requests; did you mean {close[0]!r}?"
+            f"{label(name)} is not a field of this endpoint's requests; did you mean {close[0]!r}?"
         )

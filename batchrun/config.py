@@ -3,7 +3,9 @@
 Precedence is CLI flag > config file > the defaults below. Every `run` option has the same
 name as a config key (dashes become underscores); request body fields go under `[params]`.
 `build_config` merges the sources, checks each value with its key's checker
-(`config_keys.py`), then checks the settings against each other. Besides config files (and,
+(`config_keys.py`), then checks the settings against each other; every message names a
+value where it was set (`job.toml: [params] top_p`, `-p top_p`: a `Source`), and a sweep
+stacks layers of its own through `build_config_from`. Besides config files (and,
 through `config_keys`, a `--tools` file) this module reads only the API key, in one place:
 `read_api_key`, which returns it without storing it. Which URLs may receive the key is
 decided in `urls.py`.
@@ -17,7 +19,7 @@ import hashlib
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,6 +301,40 @@ def _did_you_mean(key: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a layer of settings was written, so that a message names a value as its user
+    wrote it: a config file (and the table in it that holds the run settings), or the
+    command line (`file` None)."""
+
+    file: str | None = None
+    table: str | None = None  # a sweep file's "run" or "grid"; None: the file's top level
+    params_table: str = "params"  # where its request body fields are ("run.params", "grid")
+
+    def key(self, key: str) -> str:
+        """`rpm` (command line), `job.toml: rpm`, `sweep.toml: [run] rpm`."""
+        if self.file is None:
+            return key
+        return f"{self.file}: [{self.table}] {key}" if self.table else f"{self.file}: {key}"
+
+    def param(self, path: str) -> str:
+        """A request body field: `-p top_p`, `job.toml: [params] top_p`,
+        `sweep.toml: [run.params] top_p`, `sweep.toml: [grid] top_p`."""
+        if self.file is None:
+            return f"-p {path}"
+        return f"{self.file}: [{self.params_table}] {path}"
+
+    def unknown(self, key: str) -> str:
+        """The message for a key that is no run setting."""
+        if self.file is None:
+            return f"command line: unknown setting {key!r}{_did_you_mean(key)}"
+        where = f" in [{self.table}]" if self.table else ""
+        return f"{self.file}: unknown key {key!r}{where}{_did_you_mean(key)}"
+
+
+COMMAND_LINE = Source()
+
+
 def build_config(
     file_values: Mapping[str, Any] | None = None,
     cli_values: Mapping[str, Any] | None = None,
@@ -306,48 +342,87 @@ def build_config(
     source: str = "config",
 ) -> RunConfig:
     """Merge defaults < config file < CLI (None on the CLI means "not given") and validate."""
+    return build_config_from(
+        [(file_values or {}, Source(source)), (cli_values or {}, COMMAND_LINE)]
+    )
+
+
+def build_config_from(layers: Sequence[tuple[Mapping[str, Any], Source]]) -> RunConfig:
+    """Merge layers of settings, each over the ones before it, and validate. `params` tables
+    are merged field by field; every message names a value where its layer set it."""
     merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for values, where in ((file_values or {}, source), (cli_values or {}, "command line")):
+    origin: dict[str, Source] = {}
+    param_origin: dict[str, Source] = {}
+    for values, where in layers:
         for key, value in values.items():
             if key not in CONFIG_KEYS:
-                raise ConfigError(f"{where}: unknown setting {key!r}{_did_you_mean(key)}")
-            if where == "command line" and value is None:
+                raise ConfigError(where.unknown(key))
+            if where.file is None and value is None:
                 continue
             if key == "params":  # merged across sources, so checked before merging
-                label = key if where == "command line" else f"{where}: {key}"
-                value = request_params(label, value)
+                value = _request_params(value, where)
+                param_origin.update(dict.fromkeys(value, where))
                 value = {**merged.get("params", {}), **value}
             merged[key] = value
             origin[key] = where
     checked: dict[str, Any] = {}
     for key, value in merged.items():
-        label = key if origin[key] == "command line" else f"{origin[key]}: {key}"
-        checked[key] = VALIDATORS[key](label, value)
+        checked[key] = VALIDATORS[key](origin[key].key(key), value)
     if checked.get("tools_file"):
         if checked.get("tools"):
-            raise ConfigError("give tools or tools_file (--tools), not both")
-        checked["tools"] = load_tools_file("tools_file", checked["tools_file"])
+            raise ConfigError(
+                f"give tools or tools_file (--tools), not both ({origin['tools'].key('tools')}, "
+                f"{origin['tools_file'].key('tools_file')})"
+            )
+        checked["tools"] = load_tools_file(
+            origin["tools_file"].key("tools_file"), checked["tools_file"]
+        )
     cfg = RunConfig(**checked)
-    _check_consistency(cfg)
+    _check_consistency(cfg, _Labels(origin, param_origin))
     return cfg
 
 
-def _check_consistency(cfg: RunConfig) -> None:
+def _request_params(value: Any, where: Source) -> dict[str, Any]:
+    if isinstance(value, Mapping) and "messages" in value:
+        raise ConfigError(
+            f"{where.param('messages')} cannot be set for the whole job; it comes from each row"
+        )
+    return request_params(where.key("params"), value)
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """How to name a merged setting in a message: by the layer that set it."""
+
+    keys: Mapping[str, Source]
+    params: Mapping[str, Source]
+
+    def key(self, key: str) -> str:
+        return self.keys.get(key, COMMAND_LINE).key(key)
+
+    def param(self, path: str) -> str:
+        return self.params.get(path.split(".", 1)[0], COMMAND_LINE).param(path)
+
+
+def _check_consistency(cfg: RunConfig, labels: _Labels) -> None:
     if cfg.backoff_max < cfg.backoff_base:
-        raise ConfigError("backoff_max must be >= backoff_base")
+        raise ConfigError(f"{labels.key('backoff_max')} must be >= backoff_base")
     if "model" in cfg.params:
-        raise ConfigError("params.model: set the model with --model / model = ...")
-    check_body_fields(cfg.params, "params", nvidia=cfg.is_nvidia())
+        raise ConfigError(f"{labels.param('model')}: set the model with --model / model = ...")
+    check_body_fields(cfg.params, labels.param, nvidia=cfg.is_nvidia())
     if cfg.is_nvidia() and cfg.timeout <= cfg.hold_seconds:
         raise ConfigError(
-            f"timeout ({cfg.timeout:g}s) must be longer than hold_seconds ({cfg.hold_seconds}s): "
-            "the server may hold a request that long before it answers 202"
+            f"{labels.key('timeout')} ({cfg.timeout:g}s) must be longer than hold_seconds "
+            f"({cfg.hold_seconds}s): the server may hold a request that long before it answers 202"
         )
     if cfg.max_cost is not None and "max_tokens" not in cfg.body_template():
-        raise ConfigError("max_cost needs max_tokens: it bounds what each request may cost")
+        raise ConfigError(
+            f"{labels.key('max_cost')} needs max_tokens: it bounds what each request may cost"
+        )
     if cfg.max_cost is not None and not cfg.pricing:
-        raise ConfigError("max_cost needs prices: add a [pricing] table (prompt, completion)")
+        raise ConfigError(
+            f"{labels.key('max_cost')} needs prices: add a [pricing] table (prompt, completion)"
+        )
 
 
 def parse_param(text: str) -> tuple[str, Any]:

@@ -51,7 +51,15 @@ class ConfigError(BatchrunError):
 
 
 class RunMismatchError(ConfigError):
-    """The checkpoint was made with other inputs or request settings."""
+    """The checkpoint was made with other inputs or request settings. `problem` says what
+    changed, `hint` what `batchrun run` can do about it (a sweep words its own), `done` how
+    many finished rows a fresh start would discard."""
+
+    def __init__(self, problem: str, hint: str = "", *, done: int = 0) -> None:
+        super().__init__(f"{problem} {hint}".rstrip())
+        self.problem = problem
+        self.hint = hint
+        self.done = done
 
 
 class DatasetError(BatchrunError):

@@ -196,10 +196,12 @@ def _check_same_job(checkpoint: Checkpoint, identity: dict[str, Any], cfg: RunCo
     checkpoint.close()
     raise RunMismatchError(
         f"{cfg.checkpoint_path} belongs to a job with other inputs or request settings "
-        f"(changed: {'; '.join(changed) or 'unknown'}). Run it with the original inputs and "
-        f"settings to resume, or add --fresh to start over (discarding {done} finished rows); "
-        f"with --fresh --reuse {cfg.output} (or a copy of the checkpoint), rows whose request "
-        "did not change are answered from the earlier run instead of being bought again."
+        f"(changed: {'; '.join(changed) or 'unknown'}).",
+        "Run it with the original inputs and settings to resume, or add --fresh to start over "
+        f"(discarding {done} finished rows); with --fresh --reuse {cfg.output} (or a copy of "
+        "the checkpoint), rows whose request did not change are answered from the earlier run "
+        "instead of being bought again.",
+        done=done,
     )
 
 

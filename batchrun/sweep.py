@@ -16,6 +16,11 @@ event loop and share one rate limiter, so `rpm` holds across the whole sweep.
     [grid]                                # each key: a list of values; run keys or body fields
     temperature = [0.0, 0.6]
 
+Mistakes are found before any cell runs (exit 2): the files the sweep names (datasets, the
+base config, a `[run]` reuse) are checked when the sweep file is read, and every cell's
+settings are built before the first one runs; messages name the file, table and key as
+written (`sweep.toml: [grid] max_tokens`, `sweep.toml: [run.params] top_p`).
+
 Writes `summary.parquet` and `summary.md` in output_dir (per cell: rows ok/failed/invalid,
 tokens, cost, latency p50/p95, and the exact-match accuracy against an `expected` column),
 and with `--junit-xml` one test case per cell, failed where the cell's failure rate is over
@@ -25,6 +30,7 @@ and with `--junit-xml` one test case per cell, failed where the cell's failure r
 from __future__ import annotations
 
 import asyncio
+import difflib
 import itertools
 import json
 import os
@@ -38,8 +44,18 @@ from typing import Any
 
 import pandas as pd
 
-from .config import CONFIG_KEYS, RunConfig, build_config, load_toml, read_toml
-from .errors import AuthError, BatchrunError, ConfigError, Interrupted
+from .body_fields import DOCUMENTED
+from .config import (
+    COMMAND_LINE,
+    CONFIG_KEYS,
+    RunConfig,
+    Source,
+    build_config_from,
+    load_toml,
+    read_toml,
+)
+from .dataset import expand_inputs
+from .errors import AuthError, BatchrunError, ConfigError, Interrupted, RunMismatchError
 from .factory import new_limiter
 from .job import JobResult, run_job_async
 from .lifecycle import RowState
@@ -57,7 +73,9 @@ class SweepSpec:
     output_dir: Path
     datasets: list[str]
     models: list[str | None]
-    base: dict[str, Any]  # run settings shared by every cell (config file < [run] < CLI)
+    # Run settings shared by every cell, each layer over the ones before it (config file,
+    # [run], CLI), with where it was written for messages.
+    layers: list[tuple[dict[str, Any], Source]]
     grid: dict[str, list[Any]]
     score_field: str | None
     max_failure_rate: float
@@ -104,15 +122,16 @@ def load_sweep(path: Path, cli: Mapping[str, Any]) -> SweepSpec:
     folder = path.parent
     if not data.get("output_dir") or not data.get("datasets"):
         raise ConfigError(f"{path}: a sweep needs output_dir and datasets")
-    base: dict[str, Any] = {}
-    if data.get("config"):
-        base.update(load_toml(folder / data["config"]))
+    layers: list[tuple[dict[str, Any], Source]] = []
+    if "config" in data:
+        layers.append(_base_config(path, data["config"]))
     run = _table(data, "run", path)
     for key in ("inputs", "output", "model", "checkpoint"):
         if key in run:
             raise ConfigError(f"{path}: [run] {key} is set per cell by the sweep")
-    base.update(_relative(folder, run))
-    base.update({k: v for k, v in cli.items() if v is not None and k in CONFIG_KEYS})
+    layers.append((_relative(folder, run), Source(str(path), "run", "run.params")))
+    cli_values = {k: v for k, v in cli.items() if v is not None and k in CONFIG_KEYS}
+    layers.append((cli_values, COMMAND_LINE))
     grid = _table(data, "grid", path)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -120,22 +139,21 @@ def load_sweep(path: Path, cli: Mapping[str, Any]) -> SweepSpec:
     models = data.get("models") or [None]
     if not isinstance(models, list) or not all(m is None or isinstance(m, str) for m in models):
         raise ConfigError(f"{path}: models must be a list of model names")
-    datasets = data["datasets"]
-    if isinstance(datasets, str):
-        datasets = [datasets]
+    if not isinstance(data["output_dir"], str):
+        raise ConfigError(f"{path}: output_dir must be a folder's path, got {data['output_dir']!r}")
+    datasets = _datasets(path, data["datasets"])
+    _check_reuse(layers)
     rate = cli.get("max_failure_rate")
     rate = data.get("max_failure_rate", 0.0) if rate is None else rate
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
         raise ConfigError(f"{path}: max_failure_rate must be a share from 0 to 1, got {rate!r}")
     score_field = cli.get("score_field") or data.get("score_field")
-    if score_field:
-        base["parse_json"] = True  # the field is read from the parsed answer
     return SweepSpec(
         path=path,
         output_dir=Path(os.path.normpath(folder / data["output_dir"])),
-        datasets=[os.path.normpath(folder / d) for d in datasets],
+        datasets=datasets,
         models=models,
-        base=base,
+        layers=layers,
         grid=grid,
         score_field=score_field,
         max_failure_rate=float(rate),
@@ -145,10 +163,68 @@ def load_sweep(path: Path, cli: Mapping[str, Any]) -> SweepSpec:
 def load_toml_table(path: Path) -> dict[str, Any]:
     """The sweep file's table, its keys checked (run keys are checked per cell later)."""
     data = read_toml(path, "sweep")
-    unknown = sorted(set(data) - SWEEP_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r} (known: {sorted(SWEEP_KEYS)})")
+    for key in data:
+        if key in SWEEP_KEYS:
+            continue
+        close = difflib.get_close_matches(key, sorted(SWEEP_KEYS), n=1)
+        if close:
+            hint = f"did you mean {close[0]!r}?"
+        elif key in CONFIG_KEYS:
+            hint = "a run setting: put it under [run], or list its values under [grid]"
+        elif key in DOCUMENTED:
+            hint = "a request body field: put it under [run.params], or its values under [grid]"
+        else:
+            hint = f"known: {', '.join(sorted(SWEEP_KEYS))}"
+        raise ConfigError(f"{path}: unknown sweep key {key!r} ({hint})")
     return data
+
+
+def _base_config(path: Path, ref: Any) -> tuple[dict[str, Any], Source]:
+    """The run config a sweep file names (`config = "job.toml"`, relative to the sweep
+    file), read and checked now: a missing one is the sweep file's mistake."""
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{path}: config must be the path of a run config file, got {ref!r}")
+    config = Path(os.path.normpath(path.parent / ref))
+    if not config.exists():
+        raise ConfigError(
+            f"{path}: config = {ref!r}: {config} not found (paths in a sweep file are "
+            "relative to it)"
+        )
+    return load_toml(config), Source(str(config))
+
+
+def _datasets(path: Path, value: Any) -> list[str]:
+    """The datasets' paths (relative to the sweep file), each checked now, before any cell
+    runs: a missing one is the sweep file's mistake, not a cell's failure."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(d, str) and d for d in value):
+        raise ConfigError(f"{path}: datasets must be a list of input paths, got {value!r}")
+    found: list[str] = []
+    for ref in value:
+        full = os.path.normpath(path.parent / ref)
+        if not Path(full).exists():
+            raise ConfigError(
+                f"{path}: datasets: {ref!r}: {full} not found (paths in a sweep file are "
+                "relative to it)"
+            )
+        try:
+            expand_inputs([full])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: datasets: {ref!r}: {exc}") from None
+        found.append(full)
+    return found
+
+
+def _check_reuse(layers: list[tuple[dict[str, Any], Source]]) -> None:
+    """An earlier run to reuse answers from must exist before any cell runs."""
+    for values, source in reversed(layers):  # the last layer that sets it wins
+        if "reuse" not in values:
+            continue
+        reuse = values["reuse"]
+        if isinstance(reuse, str) and reuse and not Path(reuse).is_file():
+            raise ConfigError(f"{source.key('reuse')}: no such checkpoint or output file: {reuse}")
+        return
 
 
 def _table(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -168,29 +244,37 @@ def _relative(folder: Path, run: dict[str, Any]) -> dict[str, Any]:
 def cells(spec: SweepSpec) -> list[Cell]:
     """Every combination of dataset, model and grid values, each a validated run config."""
     names = list(spec.grid)
+    sweep_file = str(spec.path)
     out: list[Cell] = []
     for dataset, model, combo in itertools.product(
         spec.datasets, spec.models, itertools.product(*spec.grid.values())
     ):
         values = dict(zip(names, combo, strict=True))
-        cell_values = {**spec.base, "inputs": [dataset]}
-        if model is not None:
-            cell_values["model"] = model
-        params = dict(cell_values.get("params", {}))
-        for key, value in values.items():
-            if key in CONFIG_KEYS:
-                cell_values[key] = value
-            else:
-                params[key] = value
-        cell_values["params"] = params
         name = _slug(
             "-".join(
                 [Path(dataset).name.split(".")[0], model or "default"]
                 + [f"{k}={v}" for k, v in values.items()]
             )
         )
-        cell_values["output"] = str(spec.output_dir / name / "results.parquet")
-        cfg = build_config(cell_values, source=f"{spec.path} cell {name}")
+        # What the sweep sets per cell; then the grid's values, run settings or body fields.
+        own: dict[str, Any] = {"inputs": [dataset]}
+        if model is not None:
+            own["model"] = model
+        if spec.score_field:
+            own["parse_json"] = True  # the field is read from the parsed answer
+        grid = {k: v for k, v in values.items() if k in CONFIG_KEYS}
+        params = {k: v for k, v in values.items() if k not in CONFIG_KEYS}
+        if params:
+            grid["params"] = params
+        output = {"output": str(spec.output_dir / name / "results.parquet")}
+        cfg = build_config_from(
+            [
+                *spec.layers,
+                (own, Source(sweep_file)),
+                (grid, Source(sweep_file, "grid", "grid")),
+                (output, Source(sweep_file)),
+            ]
+        )
         out.append(Cell(name, dataset, cfg.model, values, cfg))
     return out
 
@@ -228,6 +312,10 @@ async def _run_cell(cell: Cell, spec: SweepSpec, limiter: Any) -> CellReport:
         result = await run_job_async(cell.cfg, limiter=limiter)
     except AuthError:
         raise  # a bad key fails every cell alike: stop the sweep (exit 3)
+    except RunMismatchError as exc:  # the run's hint names flags a sweep does not have
+        report.problem = f"{exc.problem} {_mismatch_hint(exc, cell, spec)}"
+        report.wall_s = time.monotonic() - started
+        return report
     except BatchrunError as exc:
         report.problem = str(exc)
         report.wall_s = time.monotonic() - started
@@ -236,6 +324,21 @@ async def _run_cell(cell: Cell, spec: SweepSpec, limiter: Any) -> CellReport:
         raise result.stopped  # the same for every cell, or the user asked to stop
     _fill(report, result, spec)
     return report
+
+
+def _mismatch_hint(exc: RunMismatchError, cell: Cell, spec: SweepSpec) -> str:
+    """What to do about a cell whose checkpoint is another job's, from the sweep: its
+    --fresh restarts every cell, and a [run] reuse (one file for every cell) keeps answers."""
+    earlier = os.path.relpath(cell.cfg.output, spec.path.parent)
+    return (
+        "Run the sweep with its original inputs and settings to resume this cell, or run "
+        f"batchrun sweep {spec.path} --fresh to start over: --fresh restarts every cell of "
+        f"the sweep, not only this one (this cell's {exc.done} finished rows are discarded). "
+        f'To keep the answers whose request did not change, add reuse = "{earlier}" under '
+        f"[run] in {spec.path} before running it with --fresh: rows asking what this cell "
+        "asked before are then answered from its earlier results instead of being bought "
+        "again (reuse names one file, for every cell)."
+    )
 
 
 def _fill(report: CellReport, result: JobResult, spec: SweepSpec) -> None:

@@ -221,7 +221,9 @@ def test_bad_value_table_covers_every_config_key() -> None:
 def test_bad_cli_value_is_rejected_naming_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError) as info:
         build_config({}, {key: value})
-    assert key in str(info.value)
+    # a request body field given on the command line is named as `-p` gave it
+    named = "-p messages" if value == {"messages": []} else key
+    assert named in str(info.value)
 
 
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES)
@@ -256,7 +258,7 @@ def test_backoff_max_below_backoff_base_is_rejected() -> None:
 
 
 def test_model_in_params_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="params.model"):
+    with pytest.raises(ConfigError, match="^-p model: set the model with --model"):
         build_config({}, {"params": {"model": "x"}})
 
 
@@ -677,3 +679,20 @@ def test_nvidia_requests_must_be_allowed_to_outlast_the_hold() -> None:
     assert build_config(cli_values={"hold_seconds": 3600, "timeout": 3700}).hold_seconds == 3600
     local = {"base_url": "http://127.0.0.1:8000/v1", "timeout": 0.5}
     assert build_config(cli_values=local).timeout == 0.5  # the hold means nothing there
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"timeout": 10}, "job.toml: timeout (10s) must be longer than hold_seconds (30s)"),
+        ({"backoff_base": 5, "backoff_max": 1}, "job.toml: backoff_max must be >= backoff_base"),
+        ({"max_cost": 1.0}, "job.toml: max_cost needs prices"),
+        ({"params": {"model": "m"}}, "job.toml: [params] model: set the model with --model"),
+    ],
+)
+def test_checks_across_keys_name_the_file_that_set_the_value(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(values, source="job.toml")
+    assert str(info.value).startswith(message)

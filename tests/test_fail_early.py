@@ -146,6 +146,23 @@ def test_bad_config_file_value_names_file_and_key(
     nothing_sent(mock_server)
 
 
+def test_bad_request_field_names_the_file_and_table_or_the_flag(
+    mock_server: MockServer, fast_config: Path, data: Path, tmp_path: Path
+) -> None:
+    """A body field is named where the user set it: the config file's [params] table, or
+    `-p` on the command line (never a `params.` the user did not write)."""
+    config = tmp_path / "job.toml"
+    config.write_text(fast_config.read_text() + '[params]\ntop_p = "high"\n')
+    result = run_cli(*run_args(data, tmp_path / "o.parquet", mock_server, config))
+    assert result.returncode == 2
+    assert f"error: {config}: [params] top_p must be a number, got 'high'\n" in result.stderr
+    args = run_args(data, tmp_path / "o.parquet", mock_server, fast_config, "-p", "top_p=high")
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "error: -p top_p must be a number, got 'high'\n" in result.stderr
+    nothing_sent(mock_server)
+
+
 def test_missing_input_and_missing_key(tmp_path: Path) -> None:
     result = run_cli("run", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o.parquet"))
     assert result.returncode == 3 and "NVIDIA_API_KEY" in result.stderr  # the key is checked first

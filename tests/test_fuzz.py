@@ -165,6 +165,7 @@ def test_config_values_of_any_type(values: dict[str, Any]) -> None:
                 any(key in str(exc) for key in values)
                 or "backoff" in str(exc)
                 or "model" in str(exc)
+                or (source == "cli" and "params" in values and str(exc).startswith("-p "))
             )
         else:
             assert cfg.body_template()["model"]

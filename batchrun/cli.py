@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_options import run_options
-from .config import RunConfig, build_config, load_toml, parse_param, read_api_key
+from .config import RunConfig, build_config, load_toml, parse_param
+from .credentials import read_api_key
 from .errors import EXIT_USAGE, BatchrunError, ConfigError
 
 if TYPE_CHECKING:
@@ -327,8 +328,8 @@ def sweep(sweep_file: str, junit_xml: str | None, verbose: int, **options: Any) 
     """Run a grid of jobs (datasets x models x values) and write summary.parquet/.md.
 
     Exit 0 only when every cell passes."""
-    from .sweep import load_sweep
     from .sweep import sweep as run_sweep
+    from .sweep_file import load_sweep
 
     _setup_logging(verbose)
     try:

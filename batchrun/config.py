@@ -1,21 +1,19 @@
-"""Run settings: RunConfig and its defaults, config files, CLI overrides, the fingerprint.
+"""Run settings: RunConfig and its defaults, config files, CLI overrides. What makes a job
+a job (its fingerprint) is `identity.py`'s; the API key is read in `credentials.py`.
 
 Precedence is CLI flag > config file > the defaults below. Every `run` option has the same
 name as a config key (dashes become underscores); request body fields go under `[params]`.
 `build_config` merges the sources, checks each value with its key's checker
 (`config_keys.py`), then checks the settings against each other; every message names a
 value where it was set (`job.toml: [params] top_p`, `-p top_p`: a `Source`), and a sweep
-stacks layers of its own through `build_config_from`. Besides config files (and,
-through `config_keys`, a `--tools` file) this module reads only the API key, in one place:
-`read_api_key`, which returns it without storing it. Which URLs may receive the key is
-decided in `urls.py`.
+stacks layers of its own through `build_config_from`. This module reads config files (and,
+through `config_keys`, a `--tools` file), never the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import os
 import tomllib
@@ -27,8 +25,8 @@ from urllib.parse import urlsplit
 
 from .body_fields import check_body_fields
 from .config_keys import VALIDATORS, load_tools_file, request_params
-from .errors import AuthError, ConfigError
-from .urls import is_nvidia_host, sends_key_in_clear
+from .errors import ConfigError
+from .urls import is_nvidia_host
 
 CHECKPOINT_SUFFIX = ".checkpoint.sqlite"  # the default checkpoint is OUTPUT + this
 NVIDIA_BASE_URL = "https://integrate.api.nvidia.com/v1"
@@ -186,61 +184,6 @@ class RunConfig:
             "prompt_template": self.prompt_template,
             "system_prompt": self.system_prompt,
         }
-
-
-def fingerprint(identity: Mapping[str, Any]) -> str:
-    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-# Identity keys of earlier releases that no longer make a job another job.
-RETIRED_IDENTITY_KEYS = ("limit",)
-
-
-def same_job(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether a checkpoint's recorded identity is this job's (retired keys aside)."""
-    kept = {k: v for k, v in old.items() if k not in RETIRED_IDENTITY_KEYS}
-    return fingerprint(kept) == fingerprint(new)
-
-
-def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """What differs between two identities, with the old and new values:
-    ['body.temperature: 0.6 -> 0.1', 'inputs: the content of in.jsonl changed']."""
-    changed: list[str] = []
-    for key in sorted((set(old) | set(new)) - set(RETIRED_IDENTITY_KEYS)):
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += [
-                f"{key}.{k}: {_shown(a.get(k))} -> {_shown(b.get(k))}"
-                for k in sorted(set(a) | set(b))
-                if a.get(k) != b.get(k)
-            ]
-        elif key == "inputs":
-            changed.append(_inputs_change(a or [], b or []))
-        else:
-            changed.append(f"{key}: {_shown(a)} -> {_shown(b)}")
-    return changed
-
-
-def _shown(value: Any) -> str:
-    """A value as a message shows it (long ones cut)."""
-    if value is None:
-        return "(none)"
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _files(n: int) -> str:
-    return f"{n} file" if n == 1 else f"{n} files"
-
-
-def _inputs_change(old: list[str], new: list[str]) -> str:
-    if len(old) != len(new):
-        return f"inputs: {_files(len(old))} -> {_files(len(new))}"
-    which = [str(i + 1) for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
-    return f"inputs: the content of input file {', '.join(which)} (of {len(new)}) changed"
 
 
 def failure_budget(spec: str | None) -> tuple[int | None, float | None]:
@@ -436,30 +379,3 @@ def parse_param(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw
     return key, value
-
-
-# ---------------------------------------------------------------- the key
-
-
-def read_api_key(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> str | None:
-    """The key from `cfg.api_key_env`, or None where a keyless local endpoint is fine.
-
-    Raises AuthError for NVIDIA's hosts without a key, and ConfigError when the key would
-    travel over plain http to a host that is not loopback.
-    """
-    env = os.environ if environ is None else environ
-    key = env.get(cfg.api_key_env) or None
-    host = urlsplit(cfg.base_url).hostname or ""
-    if key is None:
-        if is_nvidia_host(host):
-            raise AuthError(
-                f"no API key: set the environment variable {cfg.api_key_env} "
-                f"(or name another one with --api-key-env)"
-            )
-        return None
-    if sends_key_in_clear(cfg.base_url) and not cfg.allow_insecure_http:
-        raise ConfigError(
-            f"refusing to send the key in {cfg.api_key_env} over plain http to {host}; "
-            "use https, or pass --allow-insecure-http if this network is trusted"
-        )
-    return key

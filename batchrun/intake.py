@@ -25,9 +25,10 @@ from .checkpoint import (
     remove_if_never_written,
 )
 from .columns import ColumnKinds
-from .config import RunConfig, fingerprint, identity_changes, same_job
+from .config import RunConfig
 from .dataset import InputFile, expand_inputs, file_digest, read_rows
 from .errors import DatasetError, RunMismatchError
+from .identity import fingerprint, identity_changes, same_job
 from .lifecycle import RowState
 from .payloads import RequestKeys, prepare_row
 from .templates import PromptTemplate

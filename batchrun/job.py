@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 from .budget import BudgetSpent, CostBudget, Pricing, cap_to_finish, job_cost
 from .checkpoint import AssetCache, Checkpoint, CheckpointWriter, FailureCause, Totals
-from .config import RunConfig, read_api_key
+from .config import RunConfig
+from .credentials import read_api_key
 from .dataset import expand_inputs
 from .dispatch import run_engine
 from .errors import BatchrunError, ConfigError

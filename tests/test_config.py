@@ -1,4 +1,5 @@
-"""batchrun/config.py: precedence, validation, request body template, fingerprint, the key."""
+"""batchrun/config.py, identity.py and credentials.py: precedence, validation, request body
+template, fingerprint, the key."""
 
 from __future__ import annotations
 
@@ -15,14 +16,12 @@ from batchrun.config import (
     RunConfig,
     build_config,
     failure_budget,
-    fingerprint,
-    identity_changes,
     load_toml,
     parse_param,
-    read_api_key,
-    same_job,
 )
+from batchrun.credentials import read_api_key
 from batchrun.errors import AuthError, ConfigError
+from batchrun.identity import fingerprint, identity_changes, same_job
 
 SECRET = "nvapi-SECRET-do-not-leak-0123456789"
 DIGESTS = ["a" * 64]

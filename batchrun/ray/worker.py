@@ -9,7 +9,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchrun.config import build_config, read_api_key
+from batchrun.config import build_config
+from batchrun.credentials import read_api_key
 from batchrun.engine import Engine
 from batchrun.factory import Services, build_engine, expected_completion, new_transport
 from batchrun.lifecycle import RowState, WorkItem

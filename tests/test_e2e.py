@@ -208,9 +208,12 @@ def test_kill_9_then_same_command_finishes_without_resubmitting_known_ids(
     assert all(final[row][1] == rid for row, rid in known_ids.items() if row not in in_transit)
 
 
-def test_sigint_stops_cleanly_with_exit_130_and_resume_command(
-    mock_server: MockServer, fast_config: Path, tmp_path: Path
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_a_stop_signal_ends_cleanly_with_exit_130_and_the_resume_command(
+    stop: signal.Signals, mock_server: MockServer, fast_config: Path, tmp_path: Path
 ) -> None:
+    """Ctrl-C, and closing the terminal (SIGHUP, as SIGTERM): the output of what is done is
+    written, the lock given back, and the way back printed."""
     mock_server.configure(latency=0.2)
     inputs = prompts(200)
     data = write_jsonl(tmp_path / "in.jsonl", inputs)
@@ -219,9 +222,10 @@ def test_sigint_stops_cleanly_with_exit_130_and_resume_command(
     proc = start_cli(*args)
     checkpoint = Path(str(out) + ".checkpoint.sqlite")
     wait_until(lambda: proc.poll() is not None or count(checkpoint, RowState.DONE) >= 8)
-    proc.send_signal(signal.SIGINT)  # under way, far from done
+    proc.send_signal(stop)  # under way, far from done
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and not Path(f"{checkpoint}.lock").exists()
     hint = next(line for line in stderr.splitlines() if line.startswith("resume with: "))
     printed = shlex.split(hint.split(": ", 1)[1])  # the command as this one was started
     assert printed[-len(args) :] == args  # "run" and everything after it, as given

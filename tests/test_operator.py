@@ -331,27 +331,7 @@ def test_report_shows_running_time_over_runs(
 
 
 # ---------------------------------------------------------------- 7. closed terminals
-
-
-def test_sighup_stops_like_sigterm_writes_the_output_and_resumes(
-    mock_server: MockServer, fast_config: Path, tmp_path: Path
-) -> None:
-    mock_server.configure(latency=0.2)
-    inputs = prompts(60)
-    data = write_jsonl(tmp_path / "in.jsonl", inputs)
-    out = tmp_path / "out.parquet"
-    args = run_args(data, out, mock_server, fast_config, "--concurrency", "2")
-    proc = start_cli(*args)
-    checkpoint = Path(f"{out}.checkpoint.sqlite")
-    wait_until(lambda: count(checkpoint, RowState.DONE) >= 2)
-    proc.send_signal(signal.SIGHUP)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    assert len(rows_of(out)) == 60
-    assert not Path(f"{checkpoint}.lock").exists()
-    mock_server.configure(latency=0.0)
-    assert run_cli(*args).returncode == 0
+# (SIGHUP: test_e2e.py's stop-signal test)
 
 
 def test_a_terminal_of_zero_size_still_gets_a_bar(

@@ -177,7 +177,7 @@ def export(job: str, output: str, output_format: str | None) -> None:
     """Write what `run` would write now (its format, parsed and extracted columns) to OUTPUT,
     even while the job runs. JOB is a checkpoint or the job's output path."""
     from .checkpoint import require_checkpoint
-    from .job import check_output_writable
+    from .preflight import check_output_writable
     from .results import export as export_job
 
     try:
@@ -215,6 +215,61 @@ def report(output: str, html_path: str | None, as_json: bool) -> None:
         _fail(exc)
     if html_path:
         click.echo(f"wrote {html_path}", err=True)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@click.option(
+    "--from-output",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The job's last Parquet output, to restore lost answers from. [default: the "
+    "output beside the checkpoint, or where its settings say]",
+)
+def recover(path: str, from_output: str | None) -> None:
+    """Salvage a damaged checkpoint: every row that reads back goes into a new checkpoint
+    at PATH (the damaged file is kept as PATH.damaged); answers lost with the damage are
+    restored from the job's last output when it holds them. Run the job again afterwards:
+    it reads lost input rows back from the inputs and sends only what is still missing."""
+    from .checkpoint import default_checkpoint, output_for
+    from .checkpoint.salvage import recover as salvage
+    from .checkpoint.salvage import settings_of
+    from .lock import CheckpointLock
+
+    checkpoint = Path(path)
+    if checkpoint.suffix == ".parquet" and default_checkpoint(checkpoint).is_file():
+        checkpoint = default_checkpoint(checkpoint)  # the job's output was given
+    try:
+        with CheckpointLock(checkpoint):
+            output = (
+                Path(from_output)
+                if from_output
+                else output_for(checkpoint, settings_of(checkpoint))
+            )
+            done = salvage(checkpoint, output)
+    except BatchrunError as exc:
+        _fail(exc)
+    if not done.problems:
+        _say(f"batchrun: {checkpoint} is intact (SQLite's integrity check found nothing wrong)")
+        return
+    _say(_recovery_lines(done))
+
+
+def _recovery_lines(done: Any) -> str:
+    lines = [
+        f"batchrun: recovered {done.checkpoint} (the damaged file is kept as {done.damaged_copy})",
+        f"  damage found: {done.problems[0]}"
+        + (f" (and {len(done.problems) - 1} more)" if len(done.problems) > 1 else ""),
+        f"  input rows: {done.rows:,} kept, {done.rows_lost:,} lost (read again from the "
+        "inputs by the next run)",
+        f"  finished rows: {done.answers:,} kept, {done.answers_lost:,} lost",
+    ]
+    if done.output is not None:
+        lines.append(f"  answers restored from {done.output}: {done.restored:,}")
+    lines.append(
+        "  Finish the job with the `batchrun run` command that made it (without --fresh): "
+        "it sends only the rows still without an answer."
+    )
+    return "\n".join(lines)
 
 
 @main.command("mock-server", context_settings=CONTEXT)

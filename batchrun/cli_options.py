@@ -91,6 +91,12 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--limit", type=int, help="First N rows only."),
         click.option(
+            "--require-space/--no-require-space",
+            default=None,
+            help="Refuse to start (exit 2) when the disk has less free space than the job "
+            "needs, instead of warning. [default: no-require-space]",
+        ),
+        click.option(
             "--dry-run", is_flag=True, default=None, help="Validate and count; send nothing."
         ),
         click.option(

@@ -80,6 +80,7 @@ class RunConfig:
     checkpoint: str | None = None
     fresh: bool = False
     retry_failed: bool = False
+    require_space: bool = False  # too little free disk for the job: refuse, not warn
     limit: int | None = None
     dry_run: bool = False
     progress: bool | None = None

@@ -291,6 +291,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "checkpoint": _optional_string,
     "fresh": _bool,
     "retry_failed": _bool,
+    "require_space": _bool,
     "limit": _optional_limit,
     "dry_run": _bool,
     "progress": _optional_bool,

@@ -8,7 +8,8 @@ Row-level problems are *stored*, not raised: a row that the server rejects becom
     │   └── RunMismatchError          resume with other inputs/settings: exit 2
     ├── DatasetError                  input unusable as a whole (duplicate ids): exit 2
     ├── CheckpointError               checkpoint unreadable / from a newer version: exit 2
-    ├── CheckpointWriteError          a write failed mid-run (disk full): exit 1, resumable
+    ├── CheckpointWriteError          a write failed mid-run: exit 1, resumable
+    │   └── DiskError                 the disk refused it (full, read-only, removed): clean stop
     ├── AuthError                     401/403 or missing key: exit 3, nothing marked failed
     ├── JobStopped                    the job parked itself (long Retry-After): exit 1, resumable
     ├── Interrupted                   Ctrl-C / SIGTERM: exit 130, resumable
@@ -30,6 +31,8 @@ no exception here is built from request headers.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
@@ -78,6 +81,20 @@ class CheckpointWriteError(BatchrunError):
     """Writing the checkpoint failed during a run; what was committed before still stands."""
 
     exit_code = EXIT_ROWS_FAILED
+
+
+class DiskError(CheckpointWriteError):
+    """The disk refused a write (full, read-only, its folder removed). The run stopped
+    sending at once; what was committed stands, and answers the checkpoint could not take
+    are in `unsaved` (a side file restored on resume) or, failing that, lost."""
+
+    def __init__(
+        self, message: str, *, path: Path, unsaved: Path | None = None, held: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.unsaved = unsaved
+        self.held = held  # answered rows the checkpoint could not take
 
 
 class AuthError(BatchrunError):

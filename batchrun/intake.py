@@ -79,10 +79,14 @@ def ingest(
     limit: int | None,
     template: PromptTemplate | None = None,
     keys: RequestKeys | None = None,
+    *,
+    refill: bool = False,
 ) -> None:
     """Validate input rows into the checkpoint (rows and ids; nothing is sent): the first
-    `limit` of them, or, on a checkpoint that holds some already, the next ones up to it."""
-    start = checkpoint.stored_rows()
+    `limit` of them, or, on a checkpoint that holds some already, the next ones up to it.
+    With `refill` (after `batchrun recover`), every row up to the limit is read again and
+    those the checkpoint lost are put back."""
+    start = 0 if refill else checkpoint.stored_rows()
     # A job going on learns on from its columns so far (a checkpoint of an earlier release
     # has only their output types).
     kinds = ColumnKinds(
@@ -92,7 +96,7 @@ def ingest(
 
     def store() -> None:
         try:
-            checkpoint.insert_rows(batch, kinds.names)
+            checkpoint.insert_rows(batch, kinds.names, missing_only=refill)
         except DuplicateRowId as dup:
             first = _location(files, dup.first_idx)
             raise DatasetError(
@@ -128,6 +132,15 @@ def _extend(checkpoint: Checkpoint, files: list[InputFile], cfg: RunConfig) -> N
     if cfg.limit is not None and cfg.limit <= checkpoint.stored_rows():
         return
     ingest(checkpoint, files, cfg.limit, prompt_template(cfg), RequestKeys(cfg.body_template()))
+
+
+def _refill(checkpoint: Checkpoint, files: list[InputFile], cfg: RunConfig) -> None:
+    """Put back the input rows a recovered checkpoint lost (read again from the inputs)."""
+    before = checkpoint.stored_rows()
+    keys = RequestKeys(cfg.body_template())
+    ingest(checkpoint, files, cfg.limit, prompt_template(cfg), keys, refill=True)
+    checkpoint.set_meta("refill", "")
+    log.info("recovered checkpoint: input rows read again (%d stored before)", before)
 
 
 def _note_exhausted_input(checkpoint: Checkpoint) -> None:
@@ -166,6 +179,8 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
             checkpoint.set_meta("fingerprint", fingerprint(identity))  # as this release writes it
             checkpoint.set_json("identity", identity)
             checkpoint.set_json("input_stats", stats)
+            if checkpoint.get_meta("refill") == "1":
+                _refill(checkpoint, files, cfg)
             _extend(checkpoint, files, cfg)
             checkpoint.set_row_limit(cfg.limit)
             return checkpoint, True

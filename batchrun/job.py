@@ -1,10 +1,12 @@
 """A whole job: inputs -> checkpoint -> engine -> output. The library face of `batchrun run`.
 
 Order of work, so that everything that can fail cheaply fails before a request is sent:
-config and key checks, output folder writable, input digests, the checkpoint lock, then the
-checkpoint (intake.py: created and filled from the inputs on the first run, compared on a
-resume), then the engine (local, or on Ray), then the output file, written from the
-checkpoint whatever way the engine stopped.
+config and key checks, output folder writable (preflight.py), input digests, the checkpoint
+lock, then the checkpoint (intake.py: created and filled from the inputs on the first run,
+compared on a resume; then prepared for this run), the free-space check (disk.py), then the
+engine (local, or on Ray), then the output file, written from the checkpoint whatever way the
+engine stopped. A write the disk refuses ends the run there, as a DiskError that says what
+is safe and how to resume (disk.py); a damaged checkpoint, as CheckpointDamaged.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import tempfile
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -22,11 +24,12 @@ from typing import Any, Protocol
 
 from .budget import BudgetSpent, CostBudget, Pricing, cap_to_finish, job_cost
 from .checkpoint import AssetCache, Checkpoint, CheckpointWriter, FailureCause, Totals
+from .checkpoint.damage import damage_error
 from .config import RunConfig
-from .credentials import read_api_key
 from .dataset import expand_inputs
+from .disk import check_space, disk_stop, fault_path, from_fault
 from .dispatch import run_engine
-from .errors import BatchrunError, ConfigError
+from .errors import BatchrunError, DiskError
 from .events import EventLog
 from .factory import Services, build_engine, new_limiter, new_transport
 from .intake import open_checkpoint
@@ -34,8 +37,10 @@ from .lifecycle import RowState
 from .limits import RateLimiter
 from .lock import CheckpointLock
 from .monitor import RunStats
+from .preflight import keeps_answer_bodies, preflight, prepare
 from .signals import install_signal_handlers
 from .stop import StopSignal
+from .storage import DiskFault, disk_fault
 from .summary import config_one_offs, next_command
 from .transport import Transport
 
@@ -107,7 +112,9 @@ async def run_job_async(
         with CheckpointLock(cfg.checkpoint_path), tuned_gc():
             checkpoint, resumed = open_checkpoint(cfg, files)
             try:
-                stats = _prepare(cfg, checkpoint, resumed)
+                stats = prepare(cfg, checkpoint, resumed)
+                if not cfg.offline:
+                    check_space(cfg, checkpoint)
                 run = checkpoint.start_run()
                 if events is not None:
                     events.emit("job_start", **_start_fields(cfg, checkpoint, stats, resumed))
@@ -116,8 +123,11 @@ async def run_job_async(
                     parts = _Parts(api_key, watcher, transport, limiter, events)
                     try:
                         await _run_engine(cfg, checkpoint, stats, parts)
+                    except DiskError:
+                        raise  # no output to write, nor run to record: the disk is refusing
                     except BatchrunError as exc:
                         stopped = exc
+                checkpoint.rescue_if_removed()
                 result = _finish(cfg, checkpoint, stats, started, resumed, stopped)
                 checkpoint.end_run(run, result.exit_code, stats.finished, stats.submissions)
                 if events is not None:
@@ -125,9 +135,19 @@ async def run_job_async(
                 return result
             finally:
                 checkpoint.close()
+    except DiskError as exc:
+        raise disk_stop(cfg, exc) from None
+    except (OSError, sqlite3.Error) as exc:
+        if (damaged := damage_error(exc, cfg.checkpoint_path)) is not None:
+            raise damaged from None
+        fault = disk_fault(exc, fault_path(exc, cfg))
+        if fault is None:
+            raise
+        raise disk_stop(cfg, from_fault(fault)) from None
     finally:
         if events is not None:
-            events.close()
+            with suppress(OSError):  # a full disk must not hide how the run ended
+                events.close()
 
 
 @contextmanager
@@ -148,66 +168,6 @@ def tuned_gc() -> Iterator[None]:
         gc.set_threshold(*threshold)
         if not frozen_before:  # unfreeze() thaws everything: only if we froze it all
             gc.unfreeze()
-
-
-def preflight(cfg: RunConfig) -> str | None:
-    """What can be wrong before the inputs are even read. Returns the key (None offline)."""
-    if not cfg.output:
-        raise ConfigError("no output file: pass -o/--output or set output = ... in the config")
-    api_key = None if cfg.offline else read_api_key(cfg)
-    check_output_writable(Path(cfg.output))
-    if cfg.reuse and not Path(cfg.reuse).is_file():
-        raise ConfigError(f"--reuse {cfg.reuse}: no such checkpoint or output file")
-    if cfg.reuse and cfg.fresh and Path(cfg.reuse).resolve() == cfg.checkpoint_path.resolve():
-        raise ConfigError(
-            f"--reuse {cfg.reuse} is this job's own checkpoint, which --fresh would delete; "
-            "copy it elsewhere first and reuse the copy"
-        )
-    return api_key
-
-
-def check_output_writable(output: Path) -> None:
-    folder = output.parent if str(output.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchrun-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"cannot write the output in {folder}: {exc.strerror}") from None
-    if output.is_dir():
-        raise ConfigError(f"output {output} is a directory; give a file name")
-
-
-def _prepare(cfg: RunConfig, checkpoint: Checkpoint, resumed: bool) -> RunStats:
-    """Before sending: in-flight rows back to pending, --reuse answers, --offline failures."""
-    reset = checkpoint.prepare_resume(cfg.retry_failed, offline=cfg.offline)
-    if resumed:
-        log.info("resuming %s (%d rows to send again)", cfg.checkpoint_path, reset)
-    reused = reuse_answers(cfg, checkpoint, Path(cfg.reuse)) if cfg.reuse else 0
-    not_cached = 0
-    if cfg.offline:
-        not_cached = checkpoint.fail_pending("not in cache (--offline sends nothing)", "offline")
-    return RunStats(todo=checkpoint.todo(), reused=reused, not_cached=not_cached)
-
-
-def reuse_answers(cfg: RunConfig, checkpoint: Checkpoint, source: Path) -> int:
-    """Answer pending rows from an earlier checkpoint or output; returns rows answered."""
-    from .results import read_reusable
-
-    with source.open("rb") as fh:
-        is_parquet = fh.read(4) == b"PAR1"
-    keep = keeps_answer_bodies(cfg)
-    if is_parquet:
-        count = checkpoint.reuse_from_answers(read_reusable(source), keep_bodies=keep)
-    else:
-        count = checkpoint.reuse_from_checkpoint(source, keep_bodies=keep)
-    log.info("%d rows answered from %s", count, source)
-    return count
-
-
-def keeps_answer_bodies(cfg: RunConfig) -> bool:
-    """OpenAI batch output carries each answer's whole body: only then is it kept."""
-    return cfg.output_format != "parquet"
 
 
 def _finish(
@@ -344,7 +304,14 @@ async def _run_local(
     parts: _Parts,
 ) -> None:
     transport = parts.transport or new_transport(cfg, parts.api_key)
-    writer = CheckpointWriter(checkpoint.path, keep_answer_bodies=keeps_answer_bodies(cfg))
+    loop = asyncio.get_running_loop()
+
+    def on_fault(fault: DiskFault) -> None:  # on the writer's thread: stop sending at once
+        loop.call_soon_threadsafe(stop.request, from_fault(fault))
+
+    writer = CheckpointWriter(
+        checkpoint.path, keep_answer_bodies=keeps_answer_bodies(cfg), on_fault=on_fault
+    )
     assets = AssetCache(checkpoint.path)
     try:
         services = Services(
@@ -355,15 +322,18 @@ async def _run_local(
             events=parts.events,
         )
         engine = build_engine(cfg, transport, services, stats=stats, stop=stop)
-        await run_engine(engine, checkpoint)
+        with suppress(DiskError):  # the writer's account of it, below, says what was saved
+            await run_engine(engine, checkpoint)
     finally:
         try:
             await transport.close()
             writer.handoff()
             await asyncio.to_thread(writer.flush)
         finally:
-            writer.close()
+            await asyncio.to_thread(writer.close)
             assets.close()
+    if (disk := writer.disk_error()) is not None:
+        raise disk
 
 
 def _warm_up_output() -> None:

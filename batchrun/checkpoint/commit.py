@@ -8,7 +8,9 @@ pages fill up) and its `live` row deleted. `totals` moves in the same transactio
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +118,11 @@ class Commit:
             crash_point("commit")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A full disk has SQLite roll back on its own: a second ROLLBACK would raise over
+            # the error that matters.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             names.forget_uncommitted()
             raise
         names.committed()

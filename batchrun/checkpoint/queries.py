@@ -169,6 +169,19 @@ class CheckpointReader:
         causes = [FailureCause(c, n, first[c]) for c, n in counts.items()]
         return sorted(causes, key=lambda c: (-c.rows, c.cause))[:limit]
 
+    def answer_bytes(self, sample: int = 1000) -> float | None:
+        """Bytes an answer takes, averaged over the last `sample` finished rows (None: no
+        row has finished): what one more answer will add to the ledger, and to the output."""
+        (average,) = self._conn.execute(
+            "SELECT avg(coalesce(length(CAST(content AS BLOB)), 0)"
+            " + coalesce(length(CAST(reasoning_content AS BLOB)), 0)"
+            " + coalesce(length(CAST(tool_calls AS BLOB)), 0)"
+            " + coalesce(length(CAST(body AS BLOB)), 0))"
+            " FROM (SELECT * FROM results ORDER BY idx DESC LIMIT ?)",
+            (sample,),
+        ).fetchone()
+        return None if average is None else float(average)
+
     def pending_request_ids(self, limit: int = 20) -> list[PendingId]:
         rows = self._conn.execute(
             "SELECT items.row_id, l.request_id FROM items JOIN live AS l ON l.idx = items.idx "

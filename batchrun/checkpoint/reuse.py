@@ -82,16 +82,21 @@ def from_checkpoint(conn: sqlite3.Connection, source: Path, keep_bodies: bool) -
 
 
 def from_answers(
-    conn: sqlite3.Connection, batches: Iterable[list[ReusedAnswer]], keep_bodies: bool
+    conn: sqlite3.Connection,
+    batches: Iterable[list[ReusedAnswer]],
+    keep_bodies: bool,
+    *,
+    own: bool = False,
 ) -> int:
-    """The same, from answers read elsewhere (an earlier output file)."""
+    """The same, from answers read elsewhere (an earlier output file). `own`: the job's
+    own answers, restored after `recover` (not reused; already in the totals)."""
     _start(conn)
     marks = ", ".join("?" * 13)
     for batch in batches:
         conn.executemany(
             f"INSERT OR IGNORE INTO temp.reuse VALUES ({marks})", [_values(a) for a in batch]
         )
-    return _apply(conn, keep_bodies)
+    return _apply(conn, keep_bodies, own=own)
 
 
 def _values(a: ReusedAnswer) -> tuple[object, ...]:
@@ -130,7 +135,7 @@ def _start(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM temp.reuse")
 
 
-def _apply(conn: sqlite3.Connection, keep_bodies: bool) -> int:
+def _apply(conn: sqlite3.Connection, keep_bodies: bool, *, own: bool = False) -> int:
     pending = f"{OPEN} AND items.state = {STATE_CODES[RowState.PENDING]}"
     chosen = "idx IN (SELECT idx FROM temp.chosen)"
     conn.execute("BEGIN")
@@ -151,7 +156,7 @@ def _apply(conn: sqlite3.Connection, keep_bodies: bool) -> int:
             "l.first_submit_at, ?, 200, r.content, r.reasoning_content, r.tool_calls, "
             "(SELECT id FROM names WHERE name = r.finish_reason), r.prompt_tokens, "
             "r.completion_tokens, r.total_tokens, (SELECT id FROM names WHERE name = r.model), "
-            f"r.request_id, r.latency_s, r.ttft_s, NULL, NULL, 1, {body} FROM items "
+            f"r.request_id, r.latency_s, r.ttft_s, NULL, NULL, {int(not own)}, {body} FROM items "
             "JOIN temp.reuse AS r ON r.request_hash = items.request_hash "
             f"LEFT JOIN live AS l ON l.idx = items.idx WHERE items.{chosen}",
             (time.time(),),
@@ -160,16 +165,21 @@ def _apply(conn: sqlite3.Connection, keep_bodies: bool) -> int:
         n = conn.execute(
             f"UPDATE items SET state = ? WHERE {chosen}", (STATE_CODES[RowState.DONE],)
         ).rowcount
-        conn.execute(
-            "UPDATE totals SET prompt_tokens = prompt_tokens + s.p, "
-            "completion_tokens = completion_tokens + s.c, total_tokens = total_tokens + s.t, "
-            "reused = reused + s.n FROM (SELECT coalesce(sum(prompt_tokens), 0) AS p, "
-            "coalesce(sum(completion_tokens), 0) AS c, coalesce(sum(total_tokens), 0) AS t, "
-            f"count(*) AS n FROM results WHERE {chosen}) AS s"
-        )
+        if not own:  # the job's own answers are in its totals already
+            _add_reused_totals(conn, chosen)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("DELETE FROM temp.reuse")
     return int(n)
+
+
+def _add_reused_totals(conn: sqlite3.Connection, chosen: str) -> None:
+    conn.execute(
+        "UPDATE totals SET prompt_tokens = prompt_tokens + s.p, "
+        "completion_tokens = completion_tokens + s.c, total_tokens = total_tokens + s.t, "
+        "reused = reused + s.n FROM (SELECT coalesce(sum(prompt_tokens), 0) AS p, "
+        "coalesce(sum(completion_tokens), 0) AS c, coalesce(sum(total_tokens), 0) AS t, "
+        f"count(*) AS n FROM results WHERE {chosen}) AS s"
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -14,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchrun import codec
 from batchrun.errors import CheckpointError
 from batchrun.lifecycle import RowState
 from batchrun.payloads import PreparedRow
 
-from . import reuse
+from . import reuse, unsaved
+from .commit import Commit, Names
+from .damage import check_header, damage_error, is_sqlite
 from .queries import NO_LIMIT, CheckpointReader
 from .schema import APP_ID, OPEN, STATE_CODES, connect, migrate
 from .values import encode_extra
@@ -75,6 +79,31 @@ class Checkpoint(CheckpointReader):
             raise
         return cls(path, conn)
 
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        super().__init__(path, conn)
+        self._inode = os.stat(path).st_ino
+
+    # ---- the file itself
+
+    def rescue_if_removed(self) -> bool:
+        """If the checkpoint's file (or its folder) was removed while this job had it open,
+        write it again at its path from the open connection, which still reads it whole.
+        True if it had to."""
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                return False
+        except FileNotFoundError:
+            pass
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = sqlite3.connect(self.path)
+        try:
+            self._conn.backup(target)
+        finally:
+            target.close()
+        log.warning("%s was removed during the run: written again from the open job", self.path)
+        self._inode = os.stat(self.path).st_ino
+        return True
+
     # ---- meta
 
     def set_meta(self, key: str, value: str) -> None:
@@ -104,12 +133,16 @@ class Checkpoint(CheckpointReader):
 
     # ---- ingest
 
-    def insert_rows(self, rows: Sequence[IngestRow], extra_names: Sequence[str]) -> None:
-        """Store input rows (one transaction). A duplicate id raises DuplicateRowId."""
+    def insert_rows(
+        self, rows: Sequence[IngestRow], extra_names: Sequence[str], *, missing_only: bool = False
+    ) -> None:
+        """Store input rows (one transaction). A duplicate id raises DuplicateRowId; with
+        `missing_only`, rows at positions already stored are left as they are."""
         values = [_item_values(r, extra_names) for r in rows]
+        verb = "INSERT OR IGNORE" if missing_only else "INSERT"
         try:
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?)", values)
+            self._conn.executemany(f"{verb} INTO items VALUES (?,?,?,?,?,?,?,?,?)", values)
             self._conn.execute("COMMIT")
         except sqlite3.IntegrityError:
             self._conn.execute("ROLLBACK")
@@ -131,6 +164,33 @@ class Checkpoint(CheckpointReader):
         return DuplicateRowId("?", None, "?")
 
     # ---- between runs
+
+    def restore_unsaved(self) -> int:
+        """Commit what a run the disk stopped saved beside the checkpoint (unsaved.py), then
+        remove that file. Rows finished since (a second restore) are left as they are.
+        Returns the rows it finished."""
+        path = unsaved.unsaved_path(self.path)
+        if not path.is_file():
+            return 0
+        try:
+            saved = unsaved.load(path)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"{exc}: move it aside to resume without it (the answers in it are bought again)"
+            ) from None
+        idxs = codec.dumps(sorted({c.idx for c in saved.changes}))
+        finished = {
+            idx
+            for (idx,) in self._conn.execute(
+                "SELECT idx FROM results WHERE idx IN (SELECT value FROM json_each(?))", (idxs,)
+            )
+        }
+        batch = Commit()
+        batch.add([c for c in saved.changes if c.idx not in finished])
+        if batch:
+            batch.write(self._conn, Names(self._conn), saved.keep_answer_bodies)
+        path.unlink()
+        return sum(1 for row in batch.rows.values() if row.finished is not None)
 
     def prepare_resume(self, retry_failed: bool, offline: bool = False) -> int:
         """Rows left in flight by a crash go back to pending (at-least-once delivery).
@@ -206,10 +266,15 @@ class Checkpoint(CheckpointReader):
         return reuse.from_checkpoint(self._conn, source, keep_bodies)
 
     def reuse_from_answers(
-        self, batches: Iterable[list[reuse.ReusedAnswer]], *, keep_bodies: bool = False
+        self,
+        batches: Iterable[list[reuse.ReusedAnswer]],
+        *,
+        keep_bodies: bool = False,
+        own: bool = False,
     ) -> int:
-        """The same from answers read out of an earlier output file."""
-        return reuse.from_answers(self._conn, batches, keep_bodies)
+        """The same from answers read out of an earlier output file (`own`: this job's, lost
+        to damage and restored by `recover`: not reused, and in the totals already)."""
+        return reuse.from_answers(self._conn, batches, keep_bodies, own=own)
 
     def fail_pending(self, error: str, cause: str) -> int:
         """Mark every row still to be sent failed (--offline: nothing is sent)."""
@@ -271,6 +336,7 @@ def remove_if_never_written(path: Path) -> bool:
 def _connect_existing(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint here")
+    check_header(path)
     # Look before touching: connect() switches the file to WAL, which must not happen to
     # somebody else's database.
     try:
@@ -283,6 +349,8 @@ def _connect_existing(path: Path) -> sqlite3.Connection:
         finally:
             probe.close()
     except sqlite3.DatabaseError as exc:
+        if is_sqlite(path) and (damaged := damage_error(exc, path)) is not None:
+            raise damaged from None
         raise CheckpointError(f"{path}: not a batchrun checkpoint ({exc})") from None
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None

@@ -8,6 +8,13 @@ caller goes on (a consume-once answer, PROTOCOL.md decision 3) is committed at o
 caller awaits the commit. Transitions made on a running loop are gathered there and handed
 to the thread as one list per interval (one wake-up per batch, not per row); from outside a
 loop (tests, Ray's checkpoint service) they go straight to the thread.
+
+When the disk refuses a commit (full, read-only, removed: storage.disk_fault), the writer
+holds: the failed batch and everything after it stay in memory, the run is told at once
+(`on_fault`, which stops new submissions), awaited records return as if committed (the answer
+is held, and nothing can do better), and the commit is tried again every RETRY_INTERVAL_S in
+case space comes back. What is still held at close goes to a side file (unsaved.py) that
+the next run commits first. Any other failed commit is a bug and fails the run as one.
 """
 
 from __future__ import annotations
@@ -16,17 +23,20 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchrun.errors import CheckpointWriteError
-from batchrun.lifecycle import BatchingSink, Transition
+from batchrun.errors import CheckpointWriteError, DiskError
+from batchrun.lifecycle import BatchingSink, Finished, Transition
+from batchrun.storage import DiskFault, disk_fault
 
+from . import unsaved
 from .commit import Callback, Commit, Names
 from .schema import connect
 
 FLUSH_INTERVAL_S = 0.1
+RETRY_INTERVAL_S = 1.0  # a held batch is tried again this often (has space come back?)
 
 
 # ---------------------------------------------------------------- what goes to the thread
@@ -61,8 +71,15 @@ class CheckpointWriter(BatchingSink):
     """The lifecycle Sink over the checkpoint file: a thread with its own connection."""
 
     def __init__(
-        self, path: Path, *, keep_answer_bodies: bool = False, interval: float = FLUSH_INTERVAL_S
+        self,
+        path: Path,
+        *,
+        keep_answer_bodies: bool = False,
+        interval: float = FLUSH_INTERVAL_S,
+        on_fault: Callable[[DiskFault], None] | None = None,
+        retry_interval: float = RETRY_INTERVAL_S,
     ) -> None:
+        self.path = path
         self._conn = connect(path)
         self._names = Names(self._conn)
         self._keep_bodies = keep_answer_bodies
@@ -70,8 +87,18 @@ class CheckpointWriter(BatchingSink):
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._gathered: list[Transition] = []
         self._handoff_timer: asyncio.TimerHandle | None = None
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # a failed commit that is a bug
         self.commits = 0
+        # The disk's refusal: the first one (kept after space comes back, for the account)
+        # and whether changes are still held in memory because of it.
+        self.fault: DiskFault | None = None
+        self.holding = False
+        self._on_fault = on_fault
+        self._retry_interval = retry_interval
+        self._retry_at = 0.0
+        self.unsaved: Path | None = None  # the side file written at close, if any
+        self.unsaved_rows = 0  # finished rows in it
+        self.lost_rows = 0  # finished rows neither committed nor saved (the side file failed)
         self._thread = threading.Thread(target=self._run, name="batchrun-checkpoint", daemon=True)
         self._thread.start()
 
@@ -120,6 +147,15 @@ class CheckpointWriter(BatchingSink):
             self._thread.join()
         self._conn.close()
 
+    def disk_error(self) -> DiskError | None:
+        """After close: what the disk did to this run and where its answers are, or None."""
+        if self.fault is None:
+            return None
+        return DiskError(
+            self.fault.describe(), path=self.fault.path, unsaved=self.unsaved,
+            held=self.unsaved_rows,
+        )  # fmt: skip
+
     # ---- queueing
 
     def _check(self) -> None:
@@ -151,7 +187,7 @@ class CheckpointWriter(BatchingSink):
         await done
 
     def _run(self) -> None:
-        batch = Commit()
+        batch, changes = Commit(), list[Transition]()
         deadline: float | None = None
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -164,8 +200,9 @@ class CheckpointWriter(BatchingSink):
             # slow disk (one fsync per commit) makes commits bigger, not later.
             while work is not None and not stop:
                 match work:
-                    case _Changes(changes=changes, urgent=now, callback=callback):
-                        batch.add(changes)
+                    case _Changes(changes=more, urgent=now, callback=callback):
+                        batch.add(more)
+                        changes.extend(more)
                         urgent = urgent or now
                         if callback is not None:
                             batch.callbacks.append(callback)
@@ -178,21 +215,59 @@ class CheckpointWriter(BatchingSink):
             if deadline is None:
                 deadline = time.monotonic() + self._interval
             if urgent or time.monotonic() >= deadline:
-                self._commit(batch)
-                batch, deadline = Commit(), None
+                if self._commit(batch, force=stop):
+                    batch, changes = Commit(), list[Transition]()
+                deadline = None
             if stop:
+                if self.holding:
+                    self._save_held(changes)
                 return
 
-    def _commit(self, batch: Commit) -> None:
+    def _commit(self, batch: Commit, *, force: bool = False) -> bool:
+        """Write `batch`; False when the disk refused it and it is held for another try."""
         error: BaseException | None = None
+        if batch and self.holding and not force and time.monotonic() < self._retry_at:
+            _resolve(batch, None)  # held: tried again at the next retry
+            return False
         if batch:
             try:
                 batch.write(self._conn, self._names, self._keep_bodies)
                 self.commits += 1
+                self.holding = False
             except Exception as exc:  # any failure must reach the run
-                error = self.error = exc
-        for callback in batch.callbacks:
-            callback(error)
+                fault = disk_fault(exc, self.path)
+                if fault is None:
+                    error = self.error = exc
+                else:
+                    self._hold(fault)
+                    _resolve(batch, None)
+                    return False
+        _resolve(batch, error)
+        return True
+
+    def _hold(self, fault: DiskFault) -> None:
+        self._retry_at = time.monotonic() + self._retry_interval
+        self.holding = True
+        if self.fault is None:
+            self.fault = fault
+            if self._on_fault is not None:
+                self._on_fault(fault)
+
+    def _save_held(self, changes: list[Transition]) -> None:
+        finished = len({c.idx for c in changes if isinstance(c, Finished)})
+        path = unsaved.unsaved_path(self.path)
+        try:
+            unsaved.save(path, changes, self._keep_bodies)
+        except OSError:
+            self.lost_rows = finished
+            return
+        self.unsaved, self.unsaved_rows = path, finished
+
+
+def _resolve(batch: Commit, error: BaseException | None) -> None:
+    callbacks, batch.callbacks = batch.callbacks, []
+    for callback in callbacks:
+        callback(error)
 
 
 def _next(work: queue.SimpleQueue[_Work]) -> _Work | None:

@@ -100,7 +100,7 @@ async def run_on_ray(
     events: EventLog | None,
 ) -> None:
     """Dispatch the job's rows to Ray workers; raise what stopped it, as run_engine does."""
-    from batchrun.job import keeps_answer_bodies
+    from batchrun.preflight import keeps_answer_bodies
 
     ray, started = start_ray(cfg.ray_address or "local", Path(f"/tmp/batchrun-ray-{os.getpid()}"))
     actors: list[Any] = []

@@ -1,0 +1,338 @@
+"""`batchrun recover`: every row of a damaged checkpoint that still reads back, copied into a
+new one that takes its place; the damaged file is kept beside it.
+
+Each table is copied by rowid, a page of rows at a time; where a read fails (a damaged
+page), rows are looked up one by one past it, so one bad page costs its own rows only.
+Then the copy is made whole: answers whose row is gone are dropped, rows whose answer is
+gone are sent again, unless the job's last output holds their answer (restored as a
+reused answer: not bought again), and input rows that are gone are read again from the
+inputs by the next run (meta `refill`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import BatchrunError, CheckpointError
+from batchrun.lifecycle import RowState
+
+from .damage import header_problem
+from .schema import SCHEMA_VERSION, STATE_CODES, STATES, connect, migrate
+from .store import Checkpoint, remove_checkpoint
+
+log = logging.getLogger(__name__)
+
+PROBE_CLEAR = 64  # lookups in a row that read back: past the damage, page on
+PROBE_LIMIT = 1_000_000  # rowids looked up past a failed read when the table's end is unknown
+# Tables copied, in this order (names before results, whose columns point into it).
+# `migrations` is the new file's own.
+TABLES = ("meta", "names", "totals", "runs", "assets", "items", "live", "results")
+_DONE = STATE_CODES[RowState.DONE]
+_FAILED = STATE_CODES[RowState.FAILED]
+_PENDING = STATE_CODES[RowState.PENDING]
+_HELD = (STATE_CODES[RowState.POLLING], STATE_CODES[RowState.FETCHED])
+
+
+@dataclass
+class Recovery:
+    """What `recover` did."""
+
+    checkpoint: Path
+    damaged_copy: Path
+    problems: list[str]  # what the integrity check found
+    rows: int = 0  # input rows kept
+    rows_lost: int = 0  # input rows to be read again from the inputs
+    answers: int = 0  # finished rows kept (done or failed)
+    answers_lost: int = 0  # finished rows whose answer did not read back
+    restored: int = 0  # ... of them answered again from the last output
+    output: Path | None = None  # the output they were restored from
+
+
+def integrity_problems(path: Path, limit: int = 20) -> list[str]:
+    """SQLite's full check of every page ([] when the file is intact)."""
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            found = [row[0] for row in conn.execute(f"PRAGMA integrity_check({limit})")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    return [] if found == ["ok"] else found
+
+
+def recover(path: Path, output: Path | None) -> Recovery:
+    """Salvage `path` in place (the damaged file moves to PATH.damaged). `output`, when
+    given and a Parquet file, answers again rows whose answers were lost."""
+    problems = integrity_problems(path)
+    damaged = path.with_name(path.name + ".damaged")
+    result = Recovery(path, damaged, problems)
+    if not problems:
+        return result
+    fresh = path.with_name(path.name + ".recovering")
+    remove_checkpoint(fresh)
+    readable = _readable_copy(path)
+    source = connect(readable or path, readonly=True)
+    target = connect(fresh)
+    try:
+        _check_version(source, path)
+        migrate(target)
+        before = _Before(_finished_before(source), _last_rowid(source, "items"))
+        copied = {table: _copy_table(source, target, table) for table in TABLES}
+        log.info("recover: rows copied per table: %s", copied)
+        if not copied["totals"]:  # recount what the answers kept say was spent
+            target.execute("DELETE FROM totals")
+            _totals_from_results(target)
+        _make_whole(target, result, before, output)
+    finally:
+        source.close()
+        target.close()
+        if readable is not None:
+            readable.unlink()
+    _swap(path, fresh, damaged)
+    if output is not None and result.answers_lost:
+        result.output = output
+        result.restored = _restore_from(path, output)
+    return result
+
+
+def _readable_copy(path: Path) -> Path | None:
+    """For a truncated file, a copy whose header claims only the pages it has: SQLite reads
+    nothing of a file shorter than its header says, and everything on the pages left of
+    one that says the truth. None when the file is not truncated."""
+    if header_problem(path) is None:
+        return None
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    pages = len(data) // (65536 if page_size == 1 else page_size)
+    del data[pages * (65536 if page_size == 1 else page_size) :]
+    data[28:32] = pages.to_bytes(4, "big")
+    copy = path.with_name(path.name + ".readable")
+    copy.write_bytes(data)
+    return copy
+
+
+@dataclass(frozen=True, slots=True)
+class _Before:
+    """What the damaged file said of itself, where that still reads."""
+
+    finished: int | None  # rows done or failed
+    last_idx: int | None  # the last input row's position
+
+
+def _check_version(source: sqlite3.Connection, path: Path) -> None:
+    try:
+        row = source.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.DatabaseError:
+        return  # taken to be this release's: the copy is checked row by row anyway
+    if row is not None and int(row[0]) < 2:
+        raise CheckpointError(
+            f"{path}: written by a release older than the compact ledger (schema {row[0]}); "
+            "recover it with that release, or start over with --fresh --reuse on its output"
+        )
+
+
+def settings_of(path: Path) -> dict[str, Any]:
+    """The job's settings as the damaged file recorded them ({} where they do not read)."""
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        finally:
+            conn.close()
+        settings = json.loads(row[0]) if row else {}
+    except (sqlite3.DatabaseError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+# ---------------------------------------------------------------- copying
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _copy_table(source: sqlite3.Connection, target: sqlite3.Connection, table: str) -> int:
+    try:
+        have = set(_columns(source, table))
+    except sqlite3.DatabaseError:
+        return 0
+    columns = [c for c in _columns(target, table) if c in have]
+    if not columns:
+        return 0
+    select = f"SELECT rowid, {', '.join(columns)} FROM {table}"
+    insert = (
+        f"INSERT OR REPLACE INTO {table} (rowid, {', '.join(columns)}) "
+        f"VALUES ({', '.join('?' * (len(columns) + 1))})"
+    )
+    last = _last_rowid(source, table)
+    copied, after = 0, -(2**63)
+    target.execute("BEGIN")
+    while True:
+        rows, after, failed = _read_from(source, select, after)
+        copied += _insert(target, insert, rows)
+        if not failed:
+            break
+        # A damaged page: look rows up one by one past it, then page on from there.
+        probed, resume_after = _probe_past(source, select, after, last)
+        copied += _insert(target, insert, probed)
+        if resume_after is None:
+            break
+        after = resume_after
+    target.execute("COMMIT")
+    return copied
+
+
+def _read_from(source: sqlite3.Connection, select: str, after: int) -> tuple[list[Any], int, bool]:
+    """Rows after `after` until the end or a failed read: (rows, last rowid read, failed)."""
+    rows: list[Any] = []
+    try:
+        for row in source.execute(f"{select} WHERE rowid > ? ORDER BY rowid", (after,)):
+            rows.append(row)
+            after = row[0]
+    except sqlite3.DatabaseError:
+        return rows, after, True
+    return rows, after, False
+
+
+def _probe_past(
+    source: sqlite3.Connection, select: str, after: int, last: int | None
+) -> tuple[list[Any], int | None]:
+    """Rows after `after` looked up one rowid at a time, until PROBE_CLEAR lookups in a row
+    read back (the damage is behind): (rows read, the rowid to page on from, or None when
+    the table's end came first)."""
+    if after < 0:
+        after = -1  # rowids are positions (>= 0) or small ids (>= 1)
+    end = last if last is not None and last > after else after + PROBE_LIMIT
+    rows: list[Any] = []
+    clear = 0
+    for rowid in range(after + 1, end + 1):
+        try:
+            row = source.execute(f"{select} WHERE rowid = ?", (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            clear = 0
+            continue
+        if row is not None:
+            rows.append(row)
+        clear += 1
+        if clear >= PROBE_CLEAR:
+            return rows, rowid
+    return rows, None
+
+
+def _last_rowid(source: sqlite3.Connection, table: str) -> int | None:
+    try:
+        value = source.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return None
+    return None if value is None else int(value)
+
+
+def _insert(target: sqlite3.Connection, insert: str, rows: Iterable[Any]) -> int:
+    n = 0
+    for row in rows:
+        try:
+            target.execute(insert, row)
+            n += 1
+        except sqlite3.Error:  # a row read back as garbage that breaks a constraint
+            continue
+    return n
+
+
+def _finished_before(source: sqlite3.Connection) -> int | None:
+    try:
+        row = source.execute(
+            f"SELECT count(*) FROM items WHERE state IN ({_DONE}, {_FAILED})"
+        ).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return int(row[0])
+
+
+# ---------------------------------------------------------------- making the copy whole
+
+
+def _make_whole(
+    conn: sqlite3.Connection, result: Recovery, before: _Before, output: Path | None
+) -> None:
+    conn.execute("BEGIN")
+    known = ",".join(str(code) for code in STATES)
+    conn.execute(f"DELETE FROM items WHERE state NOT IN ({known}) OR row_id IS NULL")
+    conn.execute("DELETE FROM results WHERE idx NOT IN (SELECT idx FROM items)")
+    conn.execute("DELETE FROM live WHERE idx NOT IN (SELECT idx FROM items)")
+    # A finished row whose answer is gone is to be sent again; so is one that was to be
+    # polled or fetched whose request id or link is gone.
+    lost = conn.execute(
+        f"UPDATE items SET state = {_PENDING} WHERE state IN ({_DONE}, {_FAILED}) "
+        "AND idx NOT IN (SELECT idx FROM results)"
+    ).rowcount
+    conn.execute(
+        f"UPDATE items SET state = {_PENDING} WHERE state IN ({_HELD[0]}, {_HELD[1]}) AND idx "
+        "NOT IN (SELECT idx FROM live WHERE coalesce(request_id, location, answer) IS NOT NULL)"
+    )
+    # A result whose row says otherwise (its state's page was older): the result stands.
+    conn.execute(
+        f"UPDATE items SET state = CASE WHEN (SELECT error FROM results r WHERE r.idx = items.idx)"
+        f" IS NULL THEN {_DONE} ELSE {_FAILED} END "
+        f"WHERE state NOT IN ({_DONE}, {_FAILED}) AND idx IN (SELECT idx FROM results)"
+    )
+    rows, last = conn.execute("SELECT count(*), max(idx) FROM items").fetchone()
+    expected = (before.last_idx if before.last_idx is not None else (last or -1)) + 1
+    result.rows = rows
+    result.rows_lost = max(0, expected - rows)
+    result.answers = conn.execute("SELECT count(*) FROM results").fetchone()[0]
+    if before.finished is not None:
+        lost = max(lost, before.finished - result.answers)
+    result.answers_lost = lost
+    meta = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+    conn.execute(meta, ("schema_version", str(SCHEMA_VERSION)))
+    if result.rows_lost or before.last_idx is None:
+        # Input rows lost (in the middle, or at the end) are read again from the inputs by
+        # the next run, and answered from the output first if it holds them.
+        conn.execute(meta, ("refill", "1"))
+        conn.execute(meta, ("input_exhausted", ""))
+        if output is not None:
+            conn.execute(meta, ("restore_from", str(output)))
+    conn.execute("COMMIT")
+
+
+def _totals_from_results(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT INTO totals SELECT 1, coalesce(sum(prompt_tokens), 0), "
+        "coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0), "
+        "coalesce(sum(attempts), 0), coalesce(sum(reused), 0), "
+        "coalesce(sum(CASE WHEN reused THEN 0 ELSE prompt_tokens END), 0), "
+        "coalesce(sum(CASE WHEN reused THEN 0 ELSE completion_tokens END), 0) FROM results"
+    )
+
+
+def _swap(path: Path, fresh: Path, damaged: Path) -> None:
+    """The recovered file takes the checkpoint's name; the damaged one moves aside."""
+    remove_checkpoint(damaged)
+    for suffix in ("", "-wal", "-shm"):
+        old = Path(str(path) + suffix)
+        if old.exists():
+            os.replace(old, Path(str(damaged) + suffix))
+    for suffix in ("-wal", "-shm"):
+        Path(str(fresh) + suffix).unlink(missing_ok=True)
+    os.replace(fresh, path)
+
+
+def _restore_from(path: Path, output: Path) -> int:
+    from batchrun.results import read_reusable
+
+    checkpoint = Checkpoint.open(path)
+    try:
+        return checkpoint.reuse_from_answers(read_reusable(output), own=True)
+    except BatchrunError:  # not an output it can read answers from: they are bought again
+        return 0
+    finally:
+        checkpoint.close()

@@ -1,0 +1,84 @@
+"""The side file of a run the disk stopped: the transitions its checkpoint could not take
+(answers paid for among them), saved beside it and committed first thing on the next run.
+
+One JSON object a line: a header, then one transition each, in the order they were made.
+The file is small (at most the rows in flight when the disk filled), written under a
+temporary name and renamed, so it is whole or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from batchrun.lifecycle import TRANSITIONS, Finished, Outcome, RowState, Transition
+from batchrun.records import Completion
+
+FORMAT = 1
+_KINDS = {kind.__name__: kind for kind in TRANSITIONS}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unsaved:
+    """What the side file holds."""
+
+    changes: list[Transition]
+    keep_answer_bodies: bool
+
+
+def unsaved_path(checkpoint: Path) -> Path:
+    return Path(str(checkpoint) + ".unsaved")
+
+
+def save(path: Path, changes: Sequence[Transition], keep_answer_bodies: bool) -> None:
+    """Write the side file (replacing one left by an earlier stop: it holds more)."""
+    header = {"batchrun_unsaved": FORMAT, "keep_answer_bodies": keep_answer_bodies}
+    temporary = Path(str(path) + ".tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as fh:
+            fh.write(json.dumps(header) + "\n")
+            for change in changes:
+                fh.write(json.dumps(_encode(change)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> Unsaved:
+    """The side file's transitions; ValueError names the line that does not read."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("batchrun_unsaved") != FORMAT:
+        raise ValueError(f"{path}:1: not a batchrun side file")
+    changes = []
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            changes.append(_decode(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number}: unreadable transition ({exc})") from None
+    return Unsaved(changes, bool(header.get("keep_answer_bodies")))
+
+
+def _encode(change: Transition) -> dict[str, Any]:
+    return {"kind": type(change).__name__, **dataclasses.asdict(change)}
+
+
+def _decode(data: dict[str, Any]) -> Transition:
+    kind = _KINDS[data.pop("kind")]
+    if kind is Finished:
+        outcome = data["outcome"]
+        completion = Completion(**outcome.pop("completion"))
+        data["outcome"] = Outcome(
+            state=RowState(outcome.pop("state")), completion=completion, **outcome
+        )
+    return kind(**data)

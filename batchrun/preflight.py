@@ -1,0 +1,102 @@
+"""What is checked and done before a request is sent: the config and the key, the output
+folder writable (`preflight`); then the checkpoint brought up to date for this run
+(`prepare`): the side file of a run the disk stopped, rows left in flight back to pending,
+`--reuse` answers, answers a `recover` restores, `--offline` failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from .checkpoint import Checkpoint
+from .config import RunConfig
+from .credentials import read_api_key
+from .errors import ConfigError
+from .monitor import RunStats
+
+log = logging.getLogger(__name__)
+
+
+def preflight(cfg: RunConfig) -> str | None:
+    """What can be wrong before the inputs are even read. Returns the key (None offline)."""
+    if not cfg.output:
+        raise ConfigError("no output file: pass -o/--output or set output = ... in the config")
+    api_key = None if cfg.offline else read_api_key(cfg)
+    check_output_writable(Path(cfg.output))
+    if cfg.reuse and not Path(cfg.reuse).is_file():
+        raise ConfigError(f"--reuse {cfg.reuse}: no such checkpoint or output file")
+    if cfg.reuse and cfg.fresh and Path(cfg.reuse).resolve() == cfg.checkpoint_path.resolve():
+        raise ConfigError(
+            f"--reuse {cfg.reuse} is this job's own checkpoint, which --fresh would delete; "
+            "copy it elsewhere first and reuse the copy"
+        )
+    return api_key
+
+
+def check_output_writable(output: Path) -> None:
+    folder = output.parent if str(output.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchrun-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write the output in {folder}: {exc.strerror}") from None
+    if output.is_dir():
+        raise ConfigError(f"output {output} is a directory; give a file name")
+
+
+def prepare(cfg: RunConfig, checkpoint: Checkpoint, resumed: bool) -> RunStats:
+    """Before sending: in-flight rows back to pending, --reuse answers, --offline failures."""
+    restored = checkpoint.restore_unsaved()
+    if restored:
+        log.info("%d answers restored from the side file of a run the disk stopped", restored)
+    reset = checkpoint.prepare_resume(cfg.retry_failed, offline=cfg.offline)
+    if resumed:
+        log.info("resuming %s (%d rows to send again)", cfg.checkpoint_path, reset)
+    reused = reuse_answers(cfg, checkpoint, Path(cfg.reuse)) if cfg.reuse else 0
+    restored = _restore_recovered(cfg, checkpoint)
+    if restored:
+        log.info("%d answers restored from the output a recovered checkpoint lost", restored)
+    not_cached = 0
+    if cfg.offline:
+        not_cached = checkpoint.fail_pending("not in cache (--offline sends nothing)", "offline")
+    return RunStats(todo=checkpoint.todo(), reused=reused, not_cached=not_cached)
+
+
+def _restore_recovered(cfg: RunConfig, checkpoint: Checkpoint) -> int:
+    """After `batchrun recover`: answer the input rows read again from the output that held
+    their answers (once)."""
+    source = checkpoint.get_meta("restore_from")
+    if not source:
+        return 0
+    from .results import read_reusable
+
+    restored = 0
+    if Path(source).is_file():
+        answers = read_reusable(Path(source))
+        keep = keeps_answer_bodies(cfg)
+        restored = checkpoint.reuse_from_answers(answers, keep_bodies=keep, own=True)
+    checkpoint.set_meta("restore_from", "")
+    return restored
+
+
+def reuse_answers(cfg: RunConfig, checkpoint: Checkpoint, source: Path) -> int:
+    """Answer pending rows from an earlier checkpoint or output; returns rows answered."""
+    from .results import read_reusable
+
+    with source.open("rb") as fh:
+        is_parquet = fh.read(4) == b"PAR1"
+    keep = keeps_answer_bodies(cfg)
+    if is_parquet:
+        count = checkpoint.reuse_from_answers(read_reusable(source), keep_bodies=keep)
+    else:
+        count = checkpoint.reuse_from_checkpoint(source, keep_bodies=keep)
+    log.info("%d rows answered from %s", count, source)
+    return count
+
+
+def keeps_answer_bodies(cfg: RunConfig) -> bool:
+    """OpenAI batch output carries each answer's whole body: only then is it kept."""
+    return cfg.output_format != "parquet"

@@ -158,6 +158,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("checkpoint", ""),
     ("fresh", "no"),
     ("retry_failed", 1),
+    ("require_space", "yes"),
     ("limit", -5),
     ("limit", 2.5),
     ("dry_run", "x"),

@@ -1,6 +1,8 @@
 """Crash-test harness: kill batchrun with SIGKILL at random moments and at chosen crash
 points (inside a checkpoint commit, inside the output write, between receiving a consume-once
-answer and storing it), run the same command again, repeat; then prove every row is right.
+answer and storing it), or fill its disk mid-run (a file-size limit: the run must stop
+cleanly, exit 1, no traceback), run the same command again, repeat; then prove every row is
+right.
 
 Used by tests/test_crash.py (a few cycles, in `make test`) and by `make crash-test`:
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -122,13 +125,46 @@ def _inputs(n: int, job: int) -> list[dict[str, Any]]:
     ]
 
 
-def _kill_plan(rng: random.Random) -> tuple[str, dict[str, str], float | None]:
-    """What kills the next run: a random moment, or a crash point. (label, env, delay)."""
-    kind = rng.choices(["random", "commit", "output", "fetched"], weights=[5, 3, 1, 2])[0]
+@dataclass(frozen=True)
+class KillPlan:
+    """What ends the next run: a SIGKILL after `delay`, a crash point (`env`), or a disk
+    that fills once a file grows `disk_room` bytes past the checkpoint's size."""
+
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+    delay: float | None = None
+    disk_room: int | None = None
+
+
+def _kill_plan(rng: random.Random) -> KillPlan:
+    kinds = ["random", "commit", "output", "fetched", "diskfull"]
+    kind = rng.choices(kinds, weights=[5, 3, 1, 2, 2])[0]
     if kind == "random":
-        return "random", {}, rng.uniform(0.05, 2.5)
+        return KillPlan("random", delay=rng.uniform(0.05, 2.5))
+    if kind == "diskfull":
+        return KillPlan("diskfull", disk_room=rng.randint(32, 256) * 1024)
     visit = {"commit": rng.randint(1, 25), "output": 1, "fetched": rng.randint(1, 8)}[kind]
-    return kind, {CRASH_ENV: f"{kind}:{visit}"}, None
+    return KillPlan(kind, env={CRASH_ENV: f"{kind}:{visit}"})
+
+
+def _disk_limit(checkpoint: Path, room: int | None) -> Any:
+    """A child set-up making writes fail as a full disk does past the checkpoint's size plus
+    `room` bytes (SIGXFSZ ignored: the write fails with EFBIG instead of killing)."""
+    if room is None:
+        return None
+    limit = (checkpoint.stat().st_size if checkpoint.exists() else 0) + room
+
+    def setup() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return setup
+
+
+def _expected_end(code: int, plan: KillPlan, stderr: str) -> bool:
+    if plan.disk_room is not None:  # a clean stop, said in words
+        return code == 1 and "the run stopped: cannot write" in stderr and "Traceback" not in stderr
+    return code == -signal.SIGKILL
 
 
 def _checkpoint_states(path: Path) -> dict[str, tuple[RowState, str | None]]:
@@ -217,25 +253,27 @@ def _one_job(
     known: list[tuple[str, str, int]] = []  # (prompt, request id, submissions at the kill)
     prompt_of = {r["id"]: r["prompt"] for r in inputs}
     while True:
-        label, env, delay = _kill_plan(rng) if report.cycles < cycles else ("none", {}, None)
+        plan = _kill_plan(rng) if report.cycles < cycles else KillPlan("none")
+        label = plan.label
         proc = subprocess.Popen(
             command,
-            env={**os.environ, **env},
+            env={**os.environ, **plan.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_disk_limit(checkpoint, plan.disk_room),
         )
-        if delay is not None:
+        if plan.delay is not None:
             try:
-                proc.wait(timeout=delay)
+                proc.wait(timeout=plan.delay)
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=300)
         if proc.returncode == 0:
-            if env:  # a crash point was aimed at, and the run finished without reaching it
+            if plan.env or plan.disk_room:  # aimed at, and the run finished without it
                 report.unreached[label] += 1
             break
-        if proc.returncode != -signal.SIGKILL:
+        if not _expected_end(proc.returncode, plan, stderr):
             report.unexpected_exits.append(f"exit {proc.returncode}: {stderr[-500:]}")
             return
         report.cycles += 1

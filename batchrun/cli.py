@@ -12,7 +12,9 @@ import gc
 import json
 import logging
 import signal
+import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,21 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 def _fail(exc: BatchrunError) -> None:
     _say(f"batchrun: error: {exc}")
     sys.exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def _named_damage(path: Path) -> Iterator[None]:
+    """A page of the checkpoint that does not read back, said as such (not a traceback)."""
+    from .checkpoint import checkpoint_for
+    from .checkpoint.damage import damage_error
+
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        damaged = damage_error(exc, checkpoint_for(path) or path)
+        if damaged is None:
+            raise
+        raise damaged from None
 
 
 def _setup_logging(verbose: int) -> None:
@@ -157,7 +174,8 @@ def status(path: str, as_json: bool, ids: int) -> None:
     from .status import format_status, job_status
 
     try:
-        info = job_status(Path(path), ids=ids)
+        with _named_damage(Path(path)):
+            info = job_status(Path(path), ids=ids)
     except BatchrunError as exc:
         _fail(exc)
     click.echo(json.dumps(info, indent=2) if as_json else format_status(info))
@@ -182,7 +200,8 @@ def export(job: str, output: str, output_format: str | None) -> None:
 
     try:
         check_output_writable(Path(output))
-        paths, _ = export_job(require_checkpoint(Path(job)), Path(output), output_format)
+        with _named_damage(Path(job)):
+            paths, _ = export_job(require_checkpoint(Path(job)), Path(output), output_format)
     except BatchrunError as exc:
         _fail(exc)
     _say("wrote " + ", ".join(str(p) for p in paths))
@@ -207,7 +226,8 @@ def report(output: str, html_path: str | None, as_json: bool) -> None:
     from .report_text import format_report
 
     try:
-        summary = summarize(Path(output))
+        with _named_damage(Path(output)):
+            summary = summarize(Path(output))
         click.echo(json.dumps(summary, indent=2) if as_json else format_report(summary))
         if html_path:
             write_html(summary, Path(output), Path(html_path))
@@ -222,14 +242,12 @@ def report(output: str, html_path: str | None, as_json: bool) -> None:
 @click.option(
     "--from-output",
     type=click.Path(dir_okay=False, exists=True),
-    help="The job's last Parquet output, to restore lost answers from. [default: the "
-    "output beside the checkpoint, or where its settings say]",
+    help="The job's last Parquet output, for lost answers. [default: the job's output]",
 )
 def recover(path: str, from_output: str | None) -> None:
-    """Salvage a damaged checkpoint: every row that reads back goes into a new checkpoint
-    at PATH (the damaged file is kept as PATH.damaged); answers lost with the damage are
-    restored from the job's last output when it holds them. Run the job again afterwards:
-    it reads lost input rows back from the inputs and sends only what is still missing."""
+    """Salvage a damaged checkpoint (PATH, or a job's output path) into a new one at its
+    path, keeping the damaged file as PATH.damaged; lost answers come from the job's last
+    output. Then run the job again: it sends only what is still missing."""
     from .checkpoint import default_checkpoint, output_for
     from .checkpoint.salvage import recover as salvage
     from .checkpoint.salvage import settings_of
@@ -251,25 +269,7 @@ def recover(path: str, from_output: str | None) -> None:
     if not done.problems:
         _say(f"batchrun: {checkpoint} is intact (SQLite's integrity check found nothing wrong)")
         return
-    _say(_recovery_lines(done))
-
-
-def _recovery_lines(done: Any) -> str:
-    lines = [
-        f"batchrun: recovered {done.checkpoint} (the damaged file is kept as {done.damaged_copy})",
-        f"  damage found: {done.problems[0]}"
-        + (f" (and {len(done.problems) - 1} more)" if len(done.problems) > 1 else ""),
-        f"  input rows: {done.rows:,} kept, {done.rows_lost:,} lost (read again from the "
-        "inputs by the next run)",
-        f"  finished rows: {done.answers:,} kept, {done.answers_lost:,} lost",
-    ]
-    if done.output is not None:
-        lines.append(f"  answers restored from {done.output}: {done.restored:,}")
-    lines.append(
-        "  Finish the job with the `batchrun run` command that made it (without --fresh): "
-        "it sends only the rows still without an answer."
-    )
-    return "\n".join(lines)
+    _say(done.describe())
 
 
 @main.command("mock-server", context_settings=CONTEXT)

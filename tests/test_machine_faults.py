@@ -418,6 +418,10 @@ def test_a_damaged_checkpoint_is_named_then_recovered_and_nothing_is_bought_agai
     assert "Traceback" not in refused.stderr
     assert f"{ckpt} is damaged" in refused.stderr and f"batchrun recover {ckpt}" in refused.stderr
 
+    exported = run_cli("export", str(out), "-o", str(out.with_name("copy.parquet")))
+    assert exported.returncode == 2  # it reads every answer: it meets the damage
+    assert "Traceback" not in exported.stderr and f"{ckpt} is damaged" in exported.stderr
+
     recovered = run_cli("recover", str(out))
     assert recovered.returncode == 0, recovered.stderr
     assert f"recovered {ckpt}" in recovered.stderr

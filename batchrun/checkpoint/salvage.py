@@ -54,6 +54,25 @@ class Recovery:
     restored: int = 0  # ... of them answered again from the last output
     output: Path | None = None  # the output they were restored from
 
+    def describe(self) -> str:
+        found = [line for p in self.problems for line in p.splitlines() if line[:3] != "***"]
+        problem, more = (found or ["unreadable pages"])[0], len(found) - 1
+        lines = [
+            f"batchrun: recovered {self.checkpoint} (the damaged file is kept as "
+            f"{self.damaged_copy})",
+            f"  damage found: {problem}" + (f" (and {more} more)" if more > 0 else ""),
+            f"  input rows: {self.rows:,} kept, {self.rows_lost:,} lost (read again from the "
+            "inputs by the next run)",
+            f"  finished rows: {self.answers:,} kept, {self.answers_lost:,} lost",
+        ]
+        if self.output is not None:
+            lines.append(f"  answers restored from {self.output}: {self.restored:,}")
+        lines.append(
+            "  Finish the job with the `batchrun run` command that made it (without --fresh): "
+            "it sends only the rows still without an answer."
+        )
+        return "\n".join(lines)
+
 
 def integrity_problems(path: Path, limit: int = 20) -> list[str]:
     """SQLite's full check of every page ([] when the file is intact)."""
@@ -266,7 +285,7 @@ def _make_whole(
     conn.execute("BEGIN")
     known = ",".join(str(code) for code in STATES)
     conn.execute(f"DELETE FROM items WHERE state NOT IN ({known}) OR row_id IS NULL")
-    conn.execute("DELETE FROM results WHERE idx NOT IN (SELECT idx FROM items)")
+    orphans = conn.execute("DELETE FROM results WHERE idx NOT IN (SELECT idx FROM items)").rowcount
     conn.execute("DELETE FROM live WHERE idx NOT IN (SELECT idx FROM items)")
     # A finished row whose answer is gone is to be sent again; so is one that was to be
     # polled or fetched whose request id or link is gone.
@@ -289,6 +308,7 @@ def _make_whole(
     result.rows = rows
     result.rows_lost = max(0, expected - rows)
     result.answers = conn.execute("SELECT count(*) FROM results").fetchone()[0]
+    lost += orphans  # answers whose input row is gone: restored after it is read again
     if before.finished is not None:
         lost = max(lost, before.finished - result.answers)
     result.answers_lost = lost

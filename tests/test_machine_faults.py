@@ -710,3 +710,22 @@ def test_a_checkpoint_that_lost_its_job_record_is_recovered_and_finished(
     assert "lost its job record" in finished.stderr
     assert_rows_answered(answers(finished_job["out"]), finished_job["inputs"])
     assert mock_server.stats()["submissions"] == sent
+
+
+def test_a_wake_past_the_poll_window_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from batchrun.wake import watch_for_sleep
+
+    readings = iter([0.0, 1.0, 2.0, 40.0, 41.0, 42.0])  # away 38 s between 2 and 40
+
+    async def watch() -> None:
+        task = asyncio.create_task(watch_for_sleep(5, tick=0.001, clock=lambda: next(readings)))
+        while not task.done():
+            await asyncio.sleep(0.001)
+        task.exception()  # the readings ran out (StopIteration inside the task): done
+
+    caplog.set_level("WARNING")
+    asyncio.run(watch())
+    woke = [r for r in caplog.records if "was not running for 38 s" in r.getMessage()]
+    assert len(woke) == 1 and "past the 10 s" in woke[0].getMessage()

@@ -31,12 +31,16 @@ def check_space(cfg: RunConfig, checkpoint: CheckpointReader) -> None:
     if not unfinished:
         return
     per_row = answer_bytes(checkpoint.answer_bytes())
-    folders = [_folder(cfg.checkpoint_path), _folder(Path(cfg.output))]
-    for need in space_shortfalls(job_needs(unfinished, per_row, folders)):
+    needs = job_needs(
+        per_row,
+        checkpoint=(_folder(cfg.checkpoint_path), unfinished),
+        output=(_folder(Path(cfg.output)), checkpoint.row_count()),
+    )
+    for need in space_shortfalls(needs):
         problem = (
             f"{need.folder} has {megabytes(need.free)} free; the job needs about "
-            f"{megabytes(need.needed)} there ({unfinished:,} rows to go, about {per_row:,} "
-            "bytes each in the checkpoint and again in the output)"
+            f"{megabytes(need.needed)} there ({unfinished:,} rows to go into the checkpoint "
+            f"and all {checkpoint.row_count():,} into the output, about {per_row:,} bytes each)"
         )
         if cfg.require_space:
             raise ConfigError(f"{problem}. Nothing was sent (--require-space).")
@@ -65,6 +69,11 @@ def disk_stop(cfg: RunConfig, error: DiskError) -> DiskError:
             f"  {error.held:,} more answers the checkpoint could not take are in "
             f"{error.unsaved}; the next run puts them in the checkpoint."
         )
+    if error.lost:
+        lines.append(
+            f"  {error.lost:,} answers received after the disk filled could not be saved "
+            "anywhere (nor in a side file): they will be bought again."
+        )
     if ledger is not None:
         lines.append(_room_line(error.path, ledger, error.held))
     verb = "Run it again with" if ledger is None else "Resume with"
@@ -85,14 +94,16 @@ def fault_path(exc: BaseException, cfg: RunConfig) -> Path:
 
 
 def _room_line(path: Path, ledger: _Ledger, held: int) -> str:
-    unfinished = sum(n for state, n in ledger.counts.items() if not state.finished) - held
+    unfinished = max(0, sum(n for s, n in ledger.counts.items() if not s.finished) - held)
+    rows = sum(ledger.counts.values())
     per_row = answer_bytes(ledger.answer_bytes)
-    need = max(unfinished, 1) * per_row * 2
+    # The rows to go into the checkpoint; every row into the output, which is rewritten whole.
+    need = (unfinished + rows) * per_row
     folder = path if path.is_dir() else _folder(path)
     return (
         f"  The job needs about {megabytes(need)} more at {folder} ({unfinished:,} rows to "
-        "go, in the checkpoint and the output): free that much, or make the folder "
-        "writable again."
+        f"go into the checkpoint, all {rows:,} into the output): free that much, or make "
+        "the folder writable again."
     )
 
 

@@ -89,12 +89,19 @@ class DiskError(CheckpointWriteError):
     are in `unsaved` (a side file restored on resume) or, failing that, lost."""
 
     def __init__(
-        self, message: str, *, path: Path, unsaved: Path | None = None, held: int = 0
+        self,
+        message: str,
+        *,
+        path: Path,
+        unsaved: Path | None = None,
+        held: int = 0,
+        lost: int = 0,
     ) -> None:
         super().__init__(message)
         self.path = path
         self.unsaved = unsaved
-        self.held = held  # answered rows the checkpoint could not take
+        self.held = held  # answered rows the checkpoint could not take, in `unsaved`
+        self.lost = lost  # ... nor the side file: to be bought again
 
 
 class AuthError(BatchrunError):

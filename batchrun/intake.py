@@ -204,6 +204,13 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
 
 
 def _check_same_job(checkpoint: Checkpoint, identity: dict[str, Any], cfg: RunConfig) -> None:
+    if checkpoint.get_meta("identity_lost") == "1":
+        # `recover` could not read what the job was: this run's inputs and settings stand
+        # for it, once (its caller records them), and every input row is read again.
+        log.warning("%s lost its job record to damage: taking this run's", cfg.checkpoint_path)
+        checkpoint.set_meta("identity_lost", "")
+        checkpoint.set_json("settings", cfg.public_dict())
+        return
     recorded = checkpoint.get_json("identity", {})
     if same_job(recorded, identity):
         return

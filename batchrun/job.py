@@ -43,6 +43,7 @@ from .stop import StopSignal
 from .storage import DiskFault, disk_fault
 from .summary import config_one_offs, next_command
 from .transport import Transport
+from .wake import watch_for_sleep
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ async def _run_engine(
 ) -> None:
     watching = asyncio.create_task(parts.watcher.watch(stats)) if parts.watcher else None
     warming = asyncio.create_task(asyncio.to_thread(_warm_up_output))
+    waking = asyncio.create_task(watch_for_sleep(cfg.hold_seconds))
     stop = StopSignal()
     install_signal_handlers(stop, cfg.grace, lambda: next_command(undo=config_one_offs(cfg)))
     budget = _budget(cfg, checkpoint.totals())
@@ -284,6 +286,7 @@ async def _run_engine(
         else:
             await _run_local(cfg, checkpoint, stats, stop, budget, parts)
     finally:
+        waking.cancel()
         if watching is not None:
             watching.cancel()
             # A bar whose terminal closed (OSError) is no reason to lose the run's output.

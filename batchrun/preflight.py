@@ -7,13 +7,15 @@ folder writable (`preflight`); then the checkpoint brought up to date for this r
 from __future__ import annotations
 
 import logging
+import sqlite3
 import tempfile
 from pathlib import Path
 
 from .checkpoint import Checkpoint
+from .checkpoint.damage import is_damage
 from .config import RunConfig
 from .credentials import read_api_key
-from .errors import ConfigError
+from .errors import BatchrunError, ConfigError
 from .monitor import RunStats
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,10 @@ def _restore_recovered(cfg: RunConfig, checkpoint: Checkpoint) -> int:
     if Path(source).is_file():
         answers = read_reusable(Path(source))
         keep = keeps_answer_bodies(cfg)
-        restored = checkpoint.reuse_from_answers(answers, keep_bodies=keep, own=True)
+        try:
+            restored = checkpoint.reuse_from_answers(answers, keep_bodies=keep, own=True)
+        except BatchrunError as exc:  # once only: it must not stop every later run
+            log.warning("answers not restored from %s (%s): they are sent again", source, exc)
     checkpoint.set_meta("restore_from", "")
     return restored
 
@@ -89,10 +94,15 @@ def reuse_answers(cfg: RunConfig, checkpoint: Checkpoint, source: Path) -> int:
     with source.open("rb") as fh:
         is_parquet = fh.read(4) == b"PAR1"
     keep = keeps_answer_bodies(cfg)
-    if is_parquet:
-        count = checkpoint.reuse_from_answers(read_reusable(source), keep_bodies=keep)
-    else:
-        count = checkpoint.reuse_from_checkpoint(source, keep_bodies=keep)
+    try:
+        if is_parquet:
+            count = checkpoint.reuse_from_answers(read_reusable(source), keep_bodies=keep)
+        else:
+            count = checkpoint.reuse_from_checkpoint(source, keep_bodies=keep)
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        raise ConfigError(f"--reuse {source}: damaged, cannot be read ({exc})") from None
     log.info("%d rows answered from %s", count, source)
     return count
 

@@ -1,6 +1,7 @@
 """What the disk can do to a run, told apart from a bug: a write refused because the disk
 is full, the filesystem read-only or the folder gone (`disk_fault`); and how much room a job
-needs, checked before anything is sent (`space_shortfalls`). Pure, but for `free_bytes`.
+needs, checked before anything is sent (`space_shortfalls`). Pure, but for the two calls
+that ask the filesystem (`free_bytes`, `_device`).
 """
 
 from __future__ import annotations
@@ -93,12 +94,15 @@ def answer_bytes(measured: float | None) -> int:
     return int(measured) + ROW_OVERHEAD_BYTES
 
 
-def job_needs(unfinished: int, per_row: int, folders: list[Path]) -> dict[Path, int]:
-    """Bytes each folder needs for the rows still to finish: every answer goes once into
-    the checkpoint and once into the output (folders on one filesystem add up)."""
+def job_needs(
+    per_row: int, *, checkpoint: tuple[Path, int], output: tuple[Path, int]
+) -> dict[Path, int]:
+    """Bytes each folder needs, from (folder, rows) for each: the checkpoint takes the rows
+    still to finish; the output, rewritten whole through a temp file, every row. Folders on
+    one filesystem add up (space_shortfalls)."""
     needs: dict[Path, int] = {}
-    for folder in folders:
-        needs[folder] = needs.get(folder, 0) + unfinished * per_row
+    for folder, rows in (checkpoint, output):
+        needs[folder] = needs.get(folder, 0) + rows * per_row
     return needs
 
 

@@ -143,8 +143,7 @@ def test_a_full_disk_stops_the_run_once_and_holds_its_answers_until_space_return
         disk.free()
         deadline = time.monotonic() + 10
         while writer.holding and time.monotonic() < deadline:
-            time.sleep(0.02)
-            writer.flush()
+            time.sleep(0.02)  # no new work, no flush: the writer tries again by itself
     finally:
         writer.close()
     states = rows(path)
@@ -564,3 +563,169 @@ def test_too_little_free_space_is_warned_about_or_refused_before_anything_is_sen
     caplog.clear()
     assert run_job(cfg(require_space=True, retry_failed=True)).exit_code == 0
     assert "free" not in caplog.text
+
+
+def test_a_side_file_the_disk_refuses_goes_to_the_temp_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from batchrun.checkpoint import unsaved
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = tmp_path / "ckpt.sqlite"
+    build(path, [Row(0)]).close()
+    real_save = unsaved.save
+
+    def beside_refused(where: Path, *args: Any) -> None:
+        if where == unsaved_path(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(where, *args)
+
+    monkeypatch.setattr(unsaved, "save", beside_refused)
+    disk = FullDisk(monkeypatch)
+    writer = CheckpointWriter(path)
+    writer.apply(done(0, "held"))
+    writer.close()
+    error = writer.disk_error()
+    assert error is not None and error.unsaved is not None and error.lost == 0
+    assert error.unsaved.parent == tmp_path / "tmp"
+    disk.free()
+    checkpoint = Checkpoint.open(path)
+    try:
+        assert checkpoint.restore_unsaved() == 1
+    finally:
+        checkpoint.close()
+    assert rows(path)["r0"] == (S.DONE, "held")
+
+
+def test_answers_no_disk_takes_are_counted_as_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrun.checkpoint import unsaved
+
+    path = tmp_path / "ckpt.sqlite"
+    build(path, [Row(0), Row(1)]).close()
+
+    def refused(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(unsaved, "save", refused)
+    FullDisk(monkeypatch)
+    writer = CheckpointWriter(path)
+    writer.apply([*done(0, "a"), *done(1, "b")])
+    writer.close()
+    error = writer.disk_error()
+    assert error is not None and error.unsaved is None and error.lost == 2
+
+
+def test_a_side_file_of_an_earlier_job_at_the_same_path_is_never_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ckpt.sqlite"
+    old = build(path, [Row(0)])
+    old.set_meta("created_at", "1")
+    old.close()
+    disk = FullDisk(monkeypatch)
+    writer = CheckpointWriter(path)
+    writer.apply(done(0, "OLD JOB ANSWER"))
+    writer.close()
+    disk.free()
+    saved = unsaved_path(path).read_bytes()
+    new = build(path, [Row(0)])  # --fresh: a new job at the same path; the side file goes
+    new.set_meta("created_at", "2")
+    assert not unsaved_path(path).exists()
+    unsaved_path(path).write_bytes(saved)  # as if it had been left (or copied) there anyway
+    try:
+        assert new.restore_unsaved() == 0
+    finally:
+        new.close()
+    assert rows(path)["r0"][0] is S.PENDING
+    assert Path(f"{unsaved_path(path)}.stale").is_file()
+
+
+def test_without_a_run_to_stop_a_disk_fault_fails_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrun.errors import CheckpointWriteError
+
+    path = tmp_path / "ckpt.sqlite"
+    build(path, [Row(0)]).close()
+    FullDisk(monkeypatch)
+    writer = CheckpointWriter(path, hold_on_fault=False)  # Ray's checkpoint service
+    try:
+        writer.apply(done(0, "x"))
+        with pytest.raises(CheckpointWriteError, match="checkpoint write failed"):
+            writer.flush()
+    finally:
+        writer.close()
+
+
+def test_recover_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
+    from batchrun.errors import CheckpointError
+
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"id": "a", "prompt": "hi"}\n')
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    for path in (data, other):
+        before = path.read_bytes()
+        with pytest.raises(CheckpointError, match="not a batchrun checkpoint"):
+            recover(path, None)
+        assert path.read_bytes() == before and not Path(f"{path}.damaged").exists()
+
+
+def test_a_short_file_beside_a_wal_is_not_called_damaged(tmp_path: Path) -> None:
+    from batchrun.checkpoint.damage import header_problem
+
+    path = tmp_path / "ckpt.sqlite"
+    build(path, [Row(i) for i in range(3000)]).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert header_problem(path) is not None
+    # A WAL checkpoint writes the new page count before it grows the file: with frames in
+    # the WAL the short file may be one caught in between, and only a failed read tells.
+    Path(f"{path}-wal").write_bytes(b"frames")
+    assert header_problem(path) is None
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_lost_its_job_record_is_recovered_and_finished(
+    finished_job: dict[str, Any], mock_server: MockServer
+) -> None:
+    ckpt = finished_job["ckpt"]
+    conn = sqlite3.connect(ckpt)
+    (meta_root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()
+    conn.close()
+    damage_page(ckpt, meta_root)
+    sent = mock_server.stats()["submissions"]
+    recovered = run_cli("recover", str(ckpt))
+    assert recovered.returncode == 0, recovered.stderr
+    finished = run_cli(*finished_job["args"])
+    assert finished.returncode == 0, finished.stderr
+    assert "lost its job record" in finished.stderr
+    assert_rows_answered(answers(finished_job["out"]), finished_job["inputs"])
+    assert mock_server.stats()["submissions"] == sent
+
+
+def test_a_wake_past_the_poll_window_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from batchrun.wake import watch_for_sleep
+
+    readings = iter([0.0, 1.0, 2.0, 40.0, 41.0, 42.0])  # away 38 s between 2 and 40
+
+    async def watch() -> None:
+        task = asyncio.create_task(watch_for_sleep(5, tick=0.001, clock=lambda: next(readings)))
+        while not task.done():
+            await asyncio.sleep(0.001)
+        task.exception()  # the readings ran out (StopIteration inside the task): done
+
+    caplog.set_level("WARNING")
+    asyncio.run(watch())
+    woke = [r for r in caplog.records if "was not running for 38 s" in r.getMessage()]
+    assert len(woke) == 1 and "past the 10 s" in woke[0].getMessage()

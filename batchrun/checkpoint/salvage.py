@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchrun.errors import BatchrunError, CheckpointError
+from batchrun.errors import BatchrunError, CheckpointError, DiskError
 from batchrun.lifecycle import RowState
+from batchrun.storage import disk_fault
 
-from .damage import header_problem
-from .schema import SCHEMA_VERSION, STATE_CODES, STATES, connect, migrate
+from .damage import header_problem, is_sqlite
+from .locate import PARQUET_MAGIC, starts_with
+from .schema import APP_ID, SCHEMA_VERSION, STATE_CODES, STATES, connect, migrate
 from .store import Checkpoint, remove_checkpoint
 
 log = logging.getLogger(__name__)
@@ -90,12 +92,35 @@ def integrity_problems(path: Path, limit: int = 20) -> list[str]:
 def recover(path: Path, output: Path | None) -> Recovery:
     """Salvage `path` in place (the damaged file moves to PATH.damaged). `output`, when
     given and a Parquet file, answers again rows whose answers were lost."""
+    _check_is_checkpoint(path)
+    if output is not None and not starts_with(output, PARQUET_MAGIC):
+        raise CheckpointError(f"--from-output {output}: not a Parquet output of a batchrun job")
     problems = integrity_problems(path)
     damaged = path.with_name(path.name + ".damaged")
     result = Recovery(path, damaged, problems)
     if not problems:
         return result
     fresh = path.with_name(path.name + ".recovering")
+    try:
+        totals_lost = _salvage_into(fresh, path, result, output)
+    except BaseException as exc:
+        remove_checkpoint(fresh)  # nothing half-made is left behind (a full disk, say)
+        fault = disk_fault(exc, fresh)
+        if fault is None:
+            raise
+        message = f"recover stopped: {fault.describe()}; {path} is as it was"
+        raise DiskError(message, path=path) from None
+
+    _swap(path, fresh, damaged)
+    if output is not None and result.answers_lost:
+        result.output = output
+        result.restored = _restore_from(path, output, recount=totals_lost)
+    return result
+
+
+def _salvage_into(fresh: Path, path: Path, result: Recovery, output: Path | None) -> bool:
+    """Copy what reads back of `path` into a new checkpoint at `fresh`; True when the totals
+    did not read back (recounted from the answers kept)."""
     remove_checkpoint(fresh)
     readable = _readable_copy(path)
     source = connect(readable or path, readonly=True)
@@ -106,20 +131,31 @@ def recover(path: Path, output: Path | None) -> Recovery:
         before = _Before(_finished_before(source), _last_rowid(source, "items"))
         copied = {table: _copy_table(source, target, table) for table in TABLES}
         log.info("recover: rows copied per table: %s", copied)
-        if not copied["totals"]:  # recount what the answers kept say was spent
-            target.execute("DELETE FROM totals")
-            _totals_from_results(target)
         _make_whole(target, result, before, output)
+        if not copied["totals"]:
+            recount_totals_sql(target)
+        return not copied["totals"]
     finally:
         source.close()
         target.close()
         if readable is not None:
             readable.unlink()
-    _swap(path, fresh, damaged)
-    if output is not None and result.answers_lost:
-        result.output = output
-        result.restored = _restore_from(path, output)
-    return result
+
+
+def _check_is_checkpoint(path: Path) -> None:
+    """Refuse what is not a batchrun checkpoint: recover would replace it with an empty one."""
+    if not is_sqlite(path):
+        raise CheckpointError(f"{path}: not a batchrun checkpoint (not an SQLite file)")
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return  # a first page that does not read: salvage what the others hold
+    if app_id != APP_ID:
+        raise CheckpointError(f"{path}: not a batchrun checkpoint (another SQLite database)")
 
 
 def _readable_copy(path: Path) -> Path | None:
@@ -261,7 +297,7 @@ def _insert(target: sqlite3.Connection, insert: str, rows: Iterable[Any]) -> int
         try:
             target.execute(insert, row)
             n += 1
-        except sqlite3.Error:  # a row read back as garbage that breaks a constraint
+        except sqlite3.IntegrityError:  # a row read back as garbage that breaks a constraint
             continue
     return n
 
@@ -314,6 +350,13 @@ def _make_whole(
     result.answers_lost = lost
     meta = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
     conn.execute(meta, ("schema_version", str(SCHEMA_VERSION)))
+    kept = {key for (key,) in conn.execute("SELECT key FROM meta")}
+    if "identity" not in kept or "ingest_complete" not in kept:
+        # What the job was (inputs, settings) did not read back: the next run's own stands
+        # for it once (intake.py), and every input row is read again.
+        conn.execute(meta, ("identity_lost", "1"))
+        conn.execute(meta, ("ingest_complete", "1"))
+        before = _Before(before.finished, None)
     if result.rows_lost or before.last_idx is None:
         # Input rows lost (in the middle, or at the end) are read again from the inputs by
         # the next run, and answered from the output first if it holds them.
@@ -324,7 +367,9 @@ def _make_whole(
     conn.execute("COMMIT")
 
 
-def _totals_from_results(conn: sqlite3.Connection) -> None:
+def recount_totals_sql(conn: sqlite3.Connection) -> None:
+    """The totals row from the answers kept (its own page did not read back)."""
+    conn.execute("DELETE FROM totals")
     conn.execute(
         "INSERT INTO totals SELECT 1, coalesce(sum(prompt_tokens), 0), "
         "coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0), "
@@ -346,13 +391,19 @@ def _swap(path: Path, fresh: Path, damaged: Path) -> None:
     os.replace(fresh, path)
 
 
-def _restore_from(path: Path, output: Path) -> int:
+def _restore_from(path: Path, output: Path, *, recount: bool) -> int:
+    """Answer lost rows from `output` (`recount`: the totals were rebuilt from the answers
+    kept, so they are rebuilt again with these)."""
     from batchrun.results import read_reusable
 
     checkpoint = Checkpoint.open(path)
     try:
-        return checkpoint.reuse_from_answers(read_reusable(output), own=True)
-    except BatchrunError:  # not an output it can read answers from: they are bought again
+        restored = checkpoint.reuse_from_answers(read_reusable(output), own=True)
+        if recount:
+            checkpoint.recount_totals()
+        return restored
+    except BatchrunError as exc:  # not an output it can read answers from: bought again
+        log.warning("answers not restored from %s: %s", output, exc)
         return 0
     finally:
         checkpoint.close()

@@ -50,8 +50,12 @@ class DuplicateRowId(Exception):
 
 
 def remove_checkpoint(path: Path) -> None:
+    """The checkpoint's files, and any side file of a run the disk stopped (`--fresh`: its
+    answers belong to the job being discarded)."""
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
+    for side_file in unsaved.unsaved_paths(path):
+        side_file.unlink(missing_ok=True)
 
 
 class Checkpoint(CheckpointReader):
@@ -165,19 +169,37 @@ class Checkpoint(CheckpointReader):
 
     # ---- between runs
 
+    def recount_totals(self) -> None:
+        """Totals from the finished rows' answers (after a recovery that lost them)."""
+        from .salvage import recount_totals_sql
+
+        self._conn.execute("BEGIN")
+        recount_totals_sql(self._conn)
+        self._conn.execute("COMMIT")
+
     def restore_unsaved(self) -> int:
         """Commit what a run the disk stopped saved beside the checkpoint (unsaved.py), then
-        remove that file. Rows finished since (a second restore) are left as they are.
-        Returns the rows it finished."""
-        path = unsaved.unsaved_path(self.path)
-        if not path.is_file():
-            return 0
+        remove that file. Rows finished since (a second restore) are left as they are; a
+        side file of another checkpoint once at this path is moved aside, unused. Returns
+        the rows it finished."""
+        restored = 0
+        for path in unsaved.unsaved_paths(self.path):
+            if path.is_file():
+                restored += self._restore_from_side_file(path)
+        return restored
+
+    def _restore_from_side_file(self, path: Path) -> int:
         try:
             saved = unsaved.load(path)
         except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"{exc}: move it aside to resume without it (the answers in it are bought again)"
             ) from None
+        if saved.stamp != self.get_meta("created_at"):
+            stale = path.with_name(path.name + ".stale")
+            path.replace(stale)
+            log.warning("%s belongs to an earlier job at this path: moved to %s", path, stale)
+            return 0
         idxs = codec.dumps(sorted({c.idx for c in saved.changes}))
         finished = {
             idx

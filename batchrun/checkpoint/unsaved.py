@@ -3,14 +3,20 @@
 
 One JSON object a line: a header, then one transition each, in the order they were made.
 The file is small (at most the rows in flight when the disk filled), written under a
-temporary name and renamed, so it is whole or absent.
+temporary name and renamed, so it is whole or absent. It goes beside the checkpoint or, when
+that disk refuses it too, into the temp folder under a name made from the checkpoint's path.
+Its header carries the checkpoint's creation stamp: a side file is never applied to another
+job's checkpoint made at the same path (`--fresh`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import sqlite3
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,15 +34,34 @@ class Unsaved:
 
     changes: list[Transition]
     keep_answer_bodies: bool
+    stamp: str | None  # the checkpoint's meta `created_at`
 
 
 def unsaved_path(checkpoint: Path) -> Path:
     return Path(str(checkpoint) + ".unsaved")
 
 
-def save(path: Path, changes: Sequence[Transition], keep_answer_bodies: bool) -> None:
+def unsaved_paths(checkpoint: Path) -> list[Path]:
+    """Where a side file may be, in the order tried: beside the checkpoint, then the temp
+    folder."""
+    digest = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:16]
+    return [unsaved_path(checkpoint), Path(tempfile.gettempdir()) / f"batchrun-{digest}.unsaved"]
+
+
+def stamp_of(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def save(
+    path: Path, changes: Sequence[Transition], keep_answer_bodies: bool, stamp: str | None
+) -> None:
     """Write the side file (replacing one left by an earlier stop: it holds more)."""
-    header = {"batchrun_unsaved": FORMAT, "keep_answer_bodies": keep_answer_bodies}
+    header = {
+        "batchrun_unsaved": FORMAT,
+        "keep_answer_bodies": keep_answer_bodies,
+        "checkpoint_created_at": stamp,
+    }
     temporary = Path(str(path) + ".tmp")
     try:
         with temporary.open("w", encoding="utf-8") as fh:
@@ -66,7 +91,8 @@ def load(path: Path) -> Unsaved:
             changes.append(_decode(json.loads(line)))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{number}: unreadable transition ({exc})") from None
-    return Unsaved(changes, bool(header.get("keep_answer_bodies")))
+    stamp = header.get("checkpoint_created_at")
+    return Unsaved(changes, bool(header.get("keep_answer_bodies")), stamp)
 
 
 def _encode(change: Transition) -> dict[str, Any]:

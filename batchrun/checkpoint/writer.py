@@ -27,12 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchrun.errors import CheckpointWriteError, DiskError
+from batchrun.errors import CheckpointError, CheckpointWriteError, DiskError
 from batchrun.lifecycle import BatchingSink, Finished, Transition
 from batchrun.storage import DiskFault, disk_fault
 
 from . import unsaved
 from .commit import Callback, Commit, Names
+from .damage import damage_error
 from .schema import connect
 
 FLUSH_INTERVAL_S = 0.1
@@ -78,10 +79,12 @@ class CheckpointWriter(BatchingSink):
         interval: float = FLUSH_INTERVAL_S,
         on_fault: Callable[[DiskFault], None] | None = None,
         retry_interval: float = RETRY_INTERVAL_S,
+        hold_on_fault: bool = True,
     ) -> None:
         self.path = path
         self._conn = connect(path)
         self._names = Names(self._conn)
+        self._stamp = unsaved.stamp_of(self._conn)  # which checkpoint a side file is for
         self._keep_bodies = keep_answer_bodies
         self._interval = interval
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
@@ -94,6 +97,9 @@ class CheckpointWriter(BatchingSink):
         self.fault: DiskFault | None = None
         self.holding = False
         self._on_fault = on_fault
+        # Without a run to stop (Ray's checkpoint service), holding would only hide the fault
+        # while more is bought: there a disk fault fails the run as any failed commit does.
+        self._hold_on_fault = hold_on_fault
         self._retry_interval = retry_interval
         self._retry_at = 0.0
         self.unsaved: Path | None = None  # the side file written at close, if any
@@ -138,7 +144,7 @@ class CheckpointWriter(BatchingSink):
             if timeout is not None and waited >= timeout:
                 raise CheckpointWriteError("checkpoint writer did not finish in time")
         if failure:
-            raise CheckpointWriteError(f"checkpoint write failed: {failure[0]}")
+            raise _write_error(failure[0], self.path)
         self._check()  # an earlier commit that failed unawaited (a timer's) fails a flush too
 
     def close(self) -> None:
@@ -153,14 +159,14 @@ class CheckpointWriter(BatchingSink):
             return None
         return DiskError(
             self.fault.describe(), path=self.fault.path, unsaved=self.unsaved,
-            held=self.unsaved_rows,
+            held=self.unsaved_rows, lost=self.lost_rows,
         )  # fmt: skip
 
     # ---- queueing
 
     def _check(self) -> None:
         if self.error is not None:
-            raise CheckpointWriteError(f"checkpoint write failed: {self.error}")
+            raise _write_error(self.error, self.path)
 
     def _later(self, change: Transition) -> None:
         self._check()
@@ -217,7 +223,8 @@ class CheckpointWriter(BatchingSink):
             if urgent or time.monotonic() >= deadline:
                 if self._commit(batch, force=stop):
                     batch, changes = Commit(), list[Transition]()
-                deadline = None
+                # Held: wake for the next try even if nothing more arrives.
+                deadline = self._retry_at if self.holding else None
             if stop:
                 if self.holding:
                     self._save_held(changes)
@@ -235,7 +242,7 @@ class CheckpointWriter(BatchingSink):
                 self.commits += 1
                 self.holding = False
             except Exception as exc:  # any failure must reach the run
-                fault = disk_fault(exc, self.path)
+                fault = disk_fault(exc, self.path) if self._hold_on_fault else None
                 if fault is None:
                     error = self.error = exc
                 else:
@@ -254,14 +261,17 @@ class CheckpointWriter(BatchingSink):
                 self._on_fault(fault)
 
     def _save_held(self, changes: list[Transition]) -> None:
+        """The side file beside the checkpoint or, if that disk refuses it too, in the
+        temp folder (the next run looks in both)."""
         finished = len({c.idx for c in changes if isinstance(c, Finished)})
-        path = unsaved.unsaved_path(self.path)
-        try:
-            unsaved.save(path, changes, self._keep_bodies)
-        except OSError:
-            self.lost_rows = finished
+        for path in unsaved.unsaved_paths(self.path):
+            try:
+                unsaved.save(path, changes, self._keep_bodies, self._stamp)
+            except OSError:
+                continue
+            self.unsaved, self.unsaved_rows = path, finished
             return
-        self.unsaved, self.unsaved_rows = path, finished
+        self.lost_rows = finished
 
 
 def _resolve(batch: Commit, error: BaseException | None) -> None:
@@ -275,6 +285,11 @@ def _next(work: queue.SimpleQueue[_Work]) -> _Work | None:
         return work.get_nowait()
     except queue.Empty:
         return None
+
+
+def _write_error(exc: BaseException, path: Path) -> CheckpointError | CheckpointWriteError:
+    """A failed commit as the run reports it: a damaged page as such (with its remedy)."""
+    return damage_error(exc, path) or CheckpointWriteError(f"checkpoint write failed: {exc}")
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:

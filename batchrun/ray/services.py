@@ -63,7 +63,9 @@ class CheckpointService:
     """The checkpoint writer and the asset-id cache, in an actor on the driver's node."""
 
     def __init__(self, path: str, keep_answer_bodies: bool) -> None:
-        self._writer = CheckpointWriter(Path(path), keep_answer_bodies=keep_answer_bodies)
+        self._writer = CheckpointWriter(
+            Path(path), keep_answer_bodies=keep_answer_bodies, hold_on_fault=False
+        )
         self._assets = AssetCache(Path(path))
 
     def apply(self, changes: list[Transition]) -> None:

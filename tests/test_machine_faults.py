@@ -310,6 +310,17 @@ def test_an_output_the_disk_refuses_ends_cleanly_and_resumes(
     assert mock_server.stats()["submissions"] == 30
 
 
+def remove_mid_run(server: MockServer, args: list[str], folder: Path) -> tuple[int, str]:
+    """Start the job, remove `folder` once 20 rows are sent; (exit code, stderr)."""
+    proc = start_cli(*args)
+    deadline = time.monotonic() + 30
+    while server.stats()["submissions"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    shutil.rmtree(folder)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
 @pytest.mark.slow
 def test_an_output_folder_removed_mid_run_is_made_again(
     mock_server: MockServer, fast_config: Path, tmp_path: Path
@@ -317,17 +328,11 @@ def test_an_output_folder_removed_mid_run_is_made_again(
     mock_server.configure(latency=0.05)
     inputs = prompts(300)
     source = write_jsonl(tmp_path / "in.jsonl", inputs)
-    folder = tmp_path / "published"
-    out = folder / "out.parquet"
+    out = tmp_path / "published" / "out.parquet"
     ckpt = tmp_path / "job.sqlite"
     args = run_args(source, out, mock_server, fast_config, "--checkpoint", str(ckpt))
-    proc = start_cli(*args)
-    deadline = time.monotonic() + 30
-    while mock_server.stats()["submissions"] < 20 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    shutil.rmtree(folder)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    code, stderr = remove_mid_run(mock_server, args, out.parent)
+    assert code == 0, stderr
     assert_rows_answered(answers(out), inputs)
     assert mock_server.stats()["submissions"] == 300
 
@@ -339,15 +344,10 @@ def test_a_checkpoint_removed_mid_run_is_written_again_from_the_open_job(
     mock_server.configure(latency=0.05)
     inputs = prompts(300)
     source = write_jsonl(tmp_path / "in.jsonl", inputs)
-    folder = tmp_path / "work"
-    out = folder / "out.parquet"
-    proc = start_cli(*run_args(source, out, mock_server, fast_config))
-    deadline = time.monotonic() + 30
-    while mock_server.stats()["submissions"] < 20 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    shutil.rmtree(folder)  # the checkpoint with it
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    out = tmp_path / "work" / "out.parquet"
+    args = run_args(source, out, mock_server, fast_config)
+    code, stderr = remove_mid_run(mock_server, args, out.parent)  # the checkpoint with it
+    assert code == 0, stderr
     assert "was removed during the run: written again" in stderr
     assert_rows_answered(answers(out), inputs)
     status = run_cli("status", str(out), "--json", check=True)
@@ -721,9 +721,8 @@ def test_a_wake_past_the_poll_window_is_said_once(caplog: pytest.LogCaptureFixtu
 
     async def watch() -> None:
         task = asyncio.create_task(watch_for_sleep(5, tick=0.001, clock=lambda: next(readings)))
-        while not task.done():
-            await asyncio.sleep(0.001)
-        task.exception()  # the readings ran out (StopIteration inside the task): done
+        await asyncio.wait({task})  # it ends when the readings run out
+        assert isinstance(task.exception(), RuntimeError)  # StopIteration, as a task raises it
 
     caplog.set_level("WARNING")
     asyncio.run(watch())

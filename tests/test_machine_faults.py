@@ -728,3 +728,31 @@ def test_a_wake_past_the_poll_window_is_said_once(caplog: pytest.LogCaptureFixtu
     asyncio.run(watch())
     woke = [r for r in caplog.records if "was not running for 38 s" in r.getMessage()]
     assert len(woke) == 1 and "past the 10 s" in woke[0].getMessage()
+
+
+def test_what_is_held_is_in_the_side_file_at_once_and_gone_once_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ckpt.sqlite"
+    build(path, [Row(0), Row(1)]).close()
+    disk = FullDisk(monkeypatch)
+    writer = CheckpointWriter(path, interval=0.01, retry_interval=0.05)
+    try:
+        writer.apply(done(0, "held"))
+        writer.flush()
+        # A kill now would lose nothing: the held answer is already in the side file.
+        assert [type(c).__name__ for c in load(unsaved_path(path)).changes] == [
+            "Submitted",
+            "Finished",
+        ]
+        writer.apply(done(1, "more"))
+        writer.flush()
+        assert len(load(unsaved_path(path)).changes) == 4  # rewritten whole as more arrives
+        disk.free()
+        deadline = time.monotonic() + 10
+        while writer.holding and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not unsaved_path(path).exists()  # committed: nothing left to restore
+    finally:
+        writer.close()
+    assert rows(path) == {"r0": (S.DONE, "held"), "r1": (S.DONE, "more")}

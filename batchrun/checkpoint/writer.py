@@ -13,8 +13,10 @@ When the disk refuses a commit (full, read-only, removed: storage.disk_fault), t
 holds: the failed batch and everything after it stay in memory, the run is told at once
 (`on_fault`, which stops new submissions), awaited records return as if committed (the answer
 is held, and nothing can do better), and the commit is tried again every RETRY_INTERVAL_S in
-case space comes back. What is still held at close goes to a side file (unsaved.py) that
-the next run commits first. Any other failed commit is a bug and fails the run as one.
+case space comes back. What is held is also in a side file (unsaved.py) from the first
+failure on, rewritten as more arrives, removed once a retry commits it, and otherwise
+committed first by the next run (so a kill while holding loses nothing). Any other failed
+commit is a bug and fails the run as one.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ class CheckpointWriter(BatchingSink):
         self._hold_on_fault = hold_on_fault
         self._retry_interval = retry_interval
         self._retry_at = 0.0
-        self.unsaved: Path | None = None  # the side file written at close, if any
+        self.unsaved: Path | None = None  # the side file of what is held, if any
+        self._saved = 0  # changes in it
         self.unsaved_rows = 0  # finished rows in it
         self.lost_rows = 0  # finished rows neither committed nor saved (the side file failed)
         self._thread = threading.Thread(target=self._run, name="batchrun-checkpoint", daemon=True)
@@ -223,31 +226,35 @@ class CheckpointWriter(BatchingSink):
             if urgent or time.monotonic() >= deadline:
                 if self._commit(batch, force=stop):
                     batch, changes = Commit(), list[Transition]()
+                else:
+                    # Held: in the side file at once (a kill while holding loses nothing),
+                    # and again as more arrives; those who wait for it may then go on.
+                    if len(changes) != self._saved:
+                        self._save_held(changes)
+                    _resolve(batch, None)
                 # Held: wake for the next try even if nothing more arrives.
                 deadline = self._retry_at if self.holding else None
             if stop:
-                if self.holding:
-                    self._save_held(changes)
                 return
 
     def _commit(self, batch: Commit, *, force: bool = False) -> bool:
         """Write `batch`; False when the disk refused it and it is held for another try."""
         error: BaseException | None = None
         if batch and self.holding and not force and time.monotonic() < self._retry_at:
-            _resolve(batch, None)  # held: tried again at the next retry
-            return False
+            return False  # held: tried again at the next retry
         if batch:
             try:
                 batch.write(self._conn, self._names, self._keep_bodies)
                 self.commits += 1
-                self.holding = False
+                if self.holding:  # space came back: all held is in the checkpoint now
+                    self.holding = False
+                    self._drop_side_file()
             except Exception as exc:  # any failure must reach the run
                 fault = disk_fault(exc, self.path) if self._hold_on_fault else None
                 if fault is None:
                     error = self.error = exc
                 else:
                     self._hold(fault)
-                    _resolve(batch, None)
                     return False
         _resolve(batch, error)
         return True
@@ -263,15 +270,24 @@ class CheckpointWriter(BatchingSink):
     def _save_held(self, changes: list[Transition]) -> None:
         """The side file beside the checkpoint or, if that disk refuses it too, in the
         temp folder (the next run looks in both)."""
+        self._saved = len(changes)
         finished = len({c.idx for c in changes if isinstance(c, Finished)})
         for path in unsaved.unsaved_paths(self.path):
             try:
                 unsaved.save(path, changes, self._keep_bodies, self._stamp)
             except OSError:
                 continue
-            self.unsaved, self.unsaved_rows = path, finished
+            if self.unsaved is not None and self.unsaved != path:
+                self.unsaved.unlink(missing_ok=True)  # one side file: the newest, whole
+            self.unsaved, self.unsaved_rows, self.lost_rows = path, finished, 0
             return
-        self.lost_rows = finished
+        # Neither disk took it: an earlier, shorter side file may still stand.
+        self.lost_rows = finished - (self.unsaved_rows if self.unsaved else 0)
+
+    def _drop_side_file(self) -> None:
+        if self.unsaved is not None:
+            self.unsaved.unlink(missing_ok=True)
+        self.unsaved, self.unsaved_rows, self.lost_rows, self._saved = None, 0, 0, 0
 
 
 def _resolve(batch: Commit, error: BaseException | None) -> None:

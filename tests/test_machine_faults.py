@@ -756,3 +756,45 @@ def test_what_is_held_is_in_the_side_file_at_once_and_gone_once_committed(
     finally:
         writer.close()
     assert rows(path) == {"r0": (S.DONE, "held"), "r1": (S.DONE, "more")}
+
+
+@pytest.mark.slow
+def test_rows_under_a_damaged_interior_page_are_read_off_their_leaves(
+    finished_job: dict[str, Any], mock_server: MockServer
+) -> None:
+    ckpt, out = finished_job["ckpt"], finished_job["out"]
+    conn = sqlite3.connect(ckpt)
+    roots = dict(conn.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'table'"))
+    conn.close()
+    data = ckpt.read_bytes()
+    size = int.from_bytes(data[16:18], "big")
+    for table in ("items", "results"):
+        assert data[(roots[table] - 1) * size] == 0x05  # an interior page: every row below it
+        damage_page(ckpt, roots[table])
+    out.unlink()  # no output to restore from: every answer must come off the leaves
+    sent = mock_server.stats()["submissions"]
+    recovered = run_cli("recover", str(ckpt))
+    assert recovered.returncode == 0, recovered.stderr
+    assert "finished rows: 1,500 kept, 0 lost" in recovered.stderr
+    finished = run_cli(*finished_job["args"])
+    assert finished.returncode == 0, finished.stderr
+    assert_rows_answered(answers(out), finished_job["inputs"])
+    assert mock_server.stats()["submissions"] == sent
+
+
+def test_leaf_pages_read_back_every_row_as_sqlite_stored_it(tmp_path: Path) -> None:
+    from batchrun.checkpoint.leaves import leaf_rows
+
+    path = tmp_path / "plain.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, a TEXT, b REAL, c BLOB, d INTEGER)")
+    rows = [
+        (i, f"text {i} " + "x" * (i * 97 % 9000), i / 3, bytes([i % 256]) * (i % 5), -(i**3))
+        for i in range(1, 400)
+    ]  # long texts spill onto overflow pages
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?)", rows)
+    conn.execute("DELETE FROM t WHERE k % 7 = 0")  # deleted rows must not come back
+    conn.commit()
+    conn.close()
+    found = {r.rowid: r.values for r in leaf_rows(path.read_bytes()) if len(r.values) == 5}
+    assert found == {k: (None, a, b, c, d) for k, a, b, c, d in rows if k % 7}

@@ -2,7 +2,9 @@
 new one that takes its place; the damaged file is kept beside it.
 
 Each table is copied by rowid, a page of rows at a time; where a read fails (a damaged
-page), rows are looked up one by one past it, so one bad page costs its own rows only.
+page), rows are looked up one by one past it, so one bad page costs its own rows only. Rows
+below a damaged interior page, which no look-up reaches, are then read straight off the
+file's leaf pages (leaves.py) and added where the copy has none.
 Then the copy is made whole: answers whose row is gone are dropped, rows whose answer is
 gone are sent again, unless the job's last output holds their answer (restored as a
 reused answer: not bought again), and input rows that are gone are read again from the
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from batchrun.lifecycle import RowState
 from batchrun.storage import disk_fault
 
 from .damage import header_problem, is_sqlite
+from .leaves import leaf_rows
 from .locate import PARQUET_MAGIC, starts_with
 from .schema import APP_ID, SCHEMA_VERSION, STATE_CODES, STATES, connect, migrate
 from .store import Checkpoint, remove_checkpoint
@@ -32,7 +36,7 @@ from .store import Checkpoint, remove_checkpoint
 log = logging.getLogger(__name__)
 
 PROBE_CLEAR = 64  # lookups in a row that read back: past the damage, page on
-PROBE_LIMIT = 1_000_000  # rowids looked up past a failed read when the table's end is unknown
+PROBE_LIMIT = 10_000  # look-ups past a failed read, table end unknown (leaves: the rest)
 # Tables copied, in this order (names before results, whose columns point into it).
 # `migrations` is the new file's own.
 TABLES = ("meta", "names", "totals", "runs", "assets", "items", "live", "results")
@@ -131,6 +135,8 @@ def _salvage_into(fresh: Path, path: Path, result: Recovery, output: Path | None
         before = _Before(_finished_before(source), _last_rowid(source, "items"))
         copied = {table: _copy_table(source, target, table) for table in TABLES}
         log.info("recover: rows copied per table: %s", copied)
+        found = _from_leaves(readable or path, target)
+        log.info("recover: rows found on leaf pages SQLite could not reach: %s", found)
         _make_whole(target, result, before, output)
         if not copied["totals"]:
             recount_totals_sql(target)
@@ -140,6 +146,51 @@ def _salvage_into(fresh: Path, path: Path, result: Recovery, output: Path | None
         target.close()
         if readable is not None:
             readable.unlink()
+
+
+# Tables whose rows are looked for on every leaf page, by their shape: how many values a
+# record has, and a test of its values (the first is the rowid alias, stored as NULL).
+def _is_item(v: tuple[Any, ...]) -> bool:
+    return isinstance(v[1], str) and v[2] in STATES
+
+
+def _is_live(v: tuple[Any, ...]) -> bool:  # not a `runs` row: its second value is a time
+    return isinstance(v[1], int) and not isinstance(v[2], str)
+
+
+def _is_result(v: tuple[Any, ...]) -> bool:
+    return isinstance(v[1], int)
+
+
+_SHAPES: dict[str, tuple[int, Callable[[tuple[Any, ...]], bool]]] = {
+    "items": (9, _is_item),
+    "live": (6, _is_live),
+    "results": (20, _is_result),
+}
+
+
+def _from_leaves(path: Path, target: sqlite3.Connection) -> dict[str, int]:
+    """Rows on leaf pages that no b-tree walk reached (a damaged interior page above them),
+    added where the copy by rowid has none."""
+    inserts = {}
+    for table in _SHAPES:
+        columns = _columns(target, table)
+        inserts[table] = (
+            f"INSERT OR IGNORE INTO {table} (rowid, {', '.join(columns[1:])}) "
+            f"VALUES ({', '.join('?' * len(columns))})"
+        )
+    added = dict.fromkeys(_SHAPES, 0)
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        target.execute("BEGIN")
+        for row in leaf_rows(data):
+            for table, (width, fits) in _SHAPES.items():
+                values = row.values
+                if len(values) == width and values[0] is None and fits(values):
+                    cursor = target.execute(inserts[table], (row.rowid, *values[1:]))
+                    added[table] += cursor.rowcount
+                    break
+        target.execute("COMMIT")
+    return added
 
 
 def _check_is_checkpoint(path: Path) -> None:

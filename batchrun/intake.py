@@ -139,7 +139,10 @@ def _refill(checkpoint: Checkpoint, files: list[InputFile], cfg: RunConfig) -> N
     before = checkpoint.stored_rows()
     keys = RequestKeys(cfg.body_template())
     ingest(checkpoint, files, cfg.limit, prompt_template(cfg), keys, refill=True)
+    reattached = checkpoint.reattach_results()
     checkpoint.set_meta("refill", "")
+    if reattached:
+        log.info("recovered checkpoint: %d rows read back have their answers again", reattached)
     log.info("recovered checkpoint: input rows read again (%d stored before)", before)
 
 

@@ -798,3 +798,21 @@ def test_leaf_pages_read_back_every_row_as_sqlite_stored_it(tmp_path: Path) -> N
     conn.close()
     found = {r.rowid: r.values for r in leaf_rows(path.read_bytes()) if len(r.values) == 5}
     assert found == {k: (None, a, b, c, d) for k, a, b, c, d in rows if k % 7}
+
+
+@pytest.mark.slow
+def test_answers_whose_input_rows_were_damaged_are_kept_without_an_output(
+    finished_job: dict[str, Any], mock_server: MockServer
+) -> None:
+    ckpt, out = finished_job["ckpt"], finished_job["out"]
+    leaves = table_leaves(ckpt, "items")
+    damage_page(ckpt, leaves[len(leaves) // 2])  # input rows gone, their answers intact
+    out.unlink()  # nothing to restore from: the answers must be the checkpoint's own
+    sent = mock_server.stats()["submissions"]
+    recovered = run_cli("recover", str(ckpt))
+    assert recovered.returncode == 0, recovered.stderr
+    assert "finished rows: 1,500 kept, 0 lost" in recovered.stderr
+    finished = run_cli(*finished_job["args"])
+    assert finished.returncode == 0, finished.stderr
+    assert_rows_answered(answers(out), finished_job["inputs"])
+    assert mock_server.stats()["submissions"] == sent

@@ -372,7 +372,8 @@ def _make_whole(
     conn.execute("BEGIN")
     known = ",".join(str(code) for code in STATES)
     conn.execute(f"DELETE FROM items WHERE state NOT IN ({known}) OR row_id IS NULL")
-    orphans = conn.execute("DELETE FROM results WHERE idx NOT IN (SELECT idx FROM items)").rowcount
+    # An answer whose input row is gone stays: the next run reads the row back from the
+    # inputs (refill) and the answer is its own again (Checkpoint.reattach_results).
     conn.execute("DELETE FROM live WHERE idx NOT IN (SELECT idx FROM items)")
     # A finished row whose answer is gone is to be sent again; so is one that was to be
     # polled or fetched whose request id or link is gone.
@@ -395,7 +396,6 @@ def _make_whole(
     result.rows = rows
     result.rows_lost = max(0, expected - rows)
     result.answers = conn.execute("SELECT count(*) FROM results").fetchone()[0]
-    lost += orphans  # answers whose input row is gone: restored after it is read again
     if before.finished is not None:
         lost = max(lost, before.finished - result.answers)
     result.answers_lost = lost

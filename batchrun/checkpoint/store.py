@@ -169,6 +169,18 @@ class Checkpoint(CheckpointReader):
 
     # ---- between runs
 
+    def reattach_results(self) -> int:
+        """After a refill: rows read back whose answer `recover` kept are finished again
+        (done, or failed when the answer is an error). Returns how many."""
+        done, failed, pending = (
+            _CODE[s] for s in (RowState.DONE, RowState.FAILED, RowState.PENDING)
+        )
+        return self._conn.execute(
+            "UPDATE items SET state = CASE WHEN (SELECT r.error FROM results r WHERE "
+            f"r.idx = items.idx) IS NULL THEN {done} ELSE {failed} END "
+            f"WHERE {OPEN} AND state = {pending} AND idx IN (SELECT idx FROM results)"
+        ).rowcount
+
     def recount_totals(self) -> None:
         """Totals from the finished rows' answers (after a recovery that lost them)."""
         from .salvage import recount_totals_sql

@@ -5,7 +5,10 @@
 - values.py: how values are stored compactly;
 - queries.py: reads as typed rows and pages (CheckpointReader); figures.py: their types;
 - store.py: the checkpoint its job owns: create, open, ingest, moves between runs;
-- writer.py: the writer thread, the lifecycle Sink of a run;
+- writer.py: the writer thread, the lifecycle Sink of a run; commit.py: what a commit writes;
+- unsaved.py: the side file of what a full disk would not take, restored by the next run;
+- damage.py: a damaged checkpoint named as such; salvage.py, rowcopy.py, leaves.py:
+  `batchrun recover`;
 - reuse.py: `--reuse` from an earlier checkpoint or output;
 - assets.py: uploaded NVCF asset ids;
 - locate.py: which checkpoint belongs to an output path, and back.

@@ -4,7 +4,7 @@ new one that takes its place; the damaged file is kept beside it.
 Each table is copied by rowid, a page of rows at a time; where a read fails (a damaged
 page), rows are looked up one by one past it, so one bad page costs its own rows only. Rows
 below a damaged interior page, which no look-up reaches, are then read straight off the
-file's leaf pages (leaves.py) and added where the copy has none.
+file's leaf pages (rowcopy.py, leaves.py) and added where the copy has none.
 Then the copy is made whole: answers whose row is gone are dropped, rows whose answer is
 gone are sent again, unless the job's last output holds their answer (restored as a
 reused answer: not bought again), and input rows that are gone are read again from the
@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +26,13 @@ from batchrun.lifecycle import RowState
 from batchrun.storage import disk_fault
 
 from .damage import header_problem, is_sqlite
-from .leaves import leaf_rows
 from .locate import PARQUET_MAGIC, starts_with
+from .rowcopy import copy_from_leaves, copy_table, last_rowid
 from .schema import APP_ID, SCHEMA_VERSION, STATE_CODES, STATES, connect, migrate
 from .store import Checkpoint, remove_checkpoint
 
 log = logging.getLogger(__name__)
 
-PROBE_CLEAR = 64  # lookups in a row that read back: past the damage, page on
-PROBE_LIMIT = 10_000  # look-ups past a failed read, table end unknown (leaves: the rest)
 # Tables copied, in this order (names before results, whose columns point into it).
 # `migrations` is the new file's own.
 TABLES = ("meta", "names", "totals", "runs", "assets", "items", "live", "results")
@@ -132,10 +128,10 @@ def _salvage_into(fresh: Path, path: Path, result: Recovery, output: Path | None
     try:
         _check_version(source, path)
         migrate(target)
-        before = _Before(_finished_before(source), _last_rowid(source, "items"))
-        copied = {table: _copy_table(source, target, table) for table in TABLES}
+        before = _Before(_finished_before(source), last_rowid(source, "items"))
+        copied = {table: copy_table(source, target, table) for table in TABLES}
         log.info("recover: rows copied per table: %s", copied)
-        found = _from_leaves(readable or path, target)
+        found = copy_from_leaves(readable or path, target)
         log.info("recover: rows found on leaf pages SQLite could not reach: %s", found)
         _make_whole(target, result, before, output)
         if not copied["totals"]:
@@ -150,49 +146,6 @@ def _salvage_into(fresh: Path, path: Path, result: Recovery, output: Path | None
 
 # Tables whose rows are looked for on every leaf page, by their shape: how many values a
 # record has, and a test of its values (the first is the rowid alias, stored as NULL).
-def _is_item(v: tuple[Any, ...]) -> bool:
-    return isinstance(v[1], str) and v[2] in STATES
-
-
-def _is_live(v: tuple[Any, ...]) -> bool:  # not a `runs` row: its second value is a time
-    return isinstance(v[1], int) and not isinstance(v[2], str)
-
-
-def _is_result(v: tuple[Any, ...]) -> bool:
-    return isinstance(v[1], int)
-
-
-_SHAPES: dict[str, tuple[int, Callable[[tuple[Any, ...]], bool]]] = {
-    "items": (9, _is_item),
-    "live": (6, _is_live),
-    "results": (20, _is_result),
-}
-
-
-def _from_leaves(path: Path, target: sqlite3.Connection) -> dict[str, int]:
-    """Rows on leaf pages that no b-tree walk reached (a damaged interior page above them),
-    added where the copy by rowid has none."""
-    inserts = {}
-    for table in _SHAPES:
-        columns = _columns(target, table)
-        inserts[table] = (
-            f"INSERT OR IGNORE INTO {table} (rowid, {', '.join(columns[1:])}) "
-            f"VALUES ({', '.join('?' * len(columns))})"
-        )
-    added = dict.fromkeys(_SHAPES, 0)
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        target.execute("BEGIN")
-        for row in leaf_rows(data):
-            for table, (width, fits) in _SHAPES.items():
-                values = row.values
-                if len(values) == width and values[0] is None and fits(values):
-                    cursor = target.execute(inserts[table], (row.rowid, *values[1:]))
-                    added[table] += cursor.rowcount
-                    break
-        target.execute("COMMIT")
-    return added
-
-
 def _check_is_checkpoint(path: Path) -> None:
     """Refuse what is not a batchrun checkpoint: recover would replace it with an empty one."""
     if not is_sqlite(path):
@@ -257,100 +210,6 @@ def settings_of(path: Path) -> dict[str, Any]:
     except (sqlite3.DatabaseError, ValueError):
         return {}
     return settings if isinstance(settings, dict) else {}
-
-
-# ---------------------------------------------------------------- copying
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
-
-
-def _copy_table(source: sqlite3.Connection, target: sqlite3.Connection, table: str) -> int:
-    try:
-        have = set(_columns(source, table))
-    except sqlite3.DatabaseError:
-        return 0
-    columns = [c for c in _columns(target, table) if c in have]
-    if not columns:
-        return 0
-    select = f"SELECT rowid, {', '.join(columns)} FROM {table}"
-    insert = (
-        f"INSERT OR REPLACE INTO {table} (rowid, {', '.join(columns)}) "
-        f"VALUES ({', '.join('?' * (len(columns) + 1))})"
-    )
-    last = _last_rowid(source, table)
-    copied, after = 0, -(2**63)
-    target.execute("BEGIN")
-    while True:
-        rows, after, failed = _read_from(source, select, after)
-        copied += _insert(target, insert, rows)
-        if not failed:
-            break
-        # A damaged page: look rows up one by one past it, then page on from there.
-        probed, resume_after = _probe_past(source, select, after, last)
-        copied += _insert(target, insert, probed)
-        if resume_after is None:
-            break
-        after = resume_after
-    target.execute("COMMIT")
-    return copied
-
-
-def _read_from(source: sqlite3.Connection, select: str, after: int) -> tuple[list[Any], int, bool]:
-    """Rows after `after` until the end or a failed read: (rows, last rowid read, failed)."""
-    rows: list[Any] = []
-    try:
-        for row in source.execute(f"{select} WHERE rowid > ? ORDER BY rowid", (after,)):
-            rows.append(row)
-            after = row[0]
-    except sqlite3.DatabaseError:
-        return rows, after, True
-    return rows, after, False
-
-
-def _probe_past(
-    source: sqlite3.Connection, select: str, after: int, last: int | None
-) -> tuple[list[Any], int | None]:
-    """Rows after `after` looked up one rowid at a time, until PROBE_CLEAR lookups in a row
-    read back (the damage is behind): (rows read, the rowid to page on from, or None when
-    the table's end came first)."""
-    if after < 0:
-        after = -1  # rowids are positions (>= 0) or small ids (>= 1)
-    end = last if last is not None and last > after else after + PROBE_LIMIT
-    rows: list[Any] = []
-    clear = 0
-    for rowid in range(after + 1, end + 1):
-        try:
-            row = source.execute(f"{select} WHERE rowid = ?", (rowid,)).fetchone()
-        except sqlite3.DatabaseError:
-            clear = 0
-            continue
-        if row is not None:
-            rows.append(row)
-        clear += 1
-        if clear >= PROBE_CLEAR:
-            return rows, rowid
-    return rows, None
-
-
-def _last_rowid(source: sqlite3.Connection, table: str) -> int | None:
-    try:
-        value = source.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
-    except sqlite3.DatabaseError:
-        return None
-    return None if value is None else int(value)
-
-
-def _insert(target: sqlite3.Connection, insert: str, rows: Iterable[Any]) -> int:
-    n = 0
-    for row in rows:
-        try:
-            target.execute(insert, row)
-            n += 1
-        except sqlite3.IntegrityError:  # a row read back as garbage that breaks a constraint
-            continue
-    return n
 
 
 def _finished_before(source: sqlite3.Connection) -> int | None:

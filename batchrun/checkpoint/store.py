@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchrun import codec
 from batchrun.errors import CheckpointError
 from batchrun.lifecycle import RowState
 from batchrun.payloads import PreparedRow
 
 from . import reuse, unsaved
-from .commit import Commit, Names
 from .damage import check_header, damage_error, is_sqlite
 from .queries import NO_LIMIT, CheckpointReader
 from .schema import APP_ID, OPEN, STATE_CODES, connect, migrate
@@ -190,41 +188,9 @@ class Checkpoint(CheckpointReader):
         self._conn.execute("COMMIT")
 
     def restore_unsaved(self) -> int:
-        """Commit what a run the disk stopped saved beside the checkpoint (unsaved.py), then
-        remove that file. Rows finished since (a second restore) are left as they are; a
-        side file of another checkpoint once at this path is moved aside, unused. Returns
-        the rows it finished."""
-        restored = 0
-        for path in unsaved.unsaved_paths(self.path):
-            if path.is_file():
-                restored += self._restore_from_side_file(path)
-        return restored
-
-    def _restore_from_side_file(self, path: Path) -> int:
-        try:
-            saved = unsaved.load(path)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{exc}: move it aside to resume without it (the answers in it are bought again)"
-            ) from None
-        if saved.stamp != self.get_meta("created_at"):
-            stale = path.with_name(path.name + ".stale")
-            path.replace(stale)
-            log.warning("%s belongs to an earlier job at this path: moved to %s", path, stale)
-            return 0
-        idxs = codec.dumps(sorted({c.idx for c in saved.changes}))
-        finished = {
-            idx
-            for (idx,) in self._conn.execute(
-                "SELECT idx FROM results WHERE idx IN (SELECT value FROM json_each(?))", (idxs,)
-            )
-        }
-        batch = Commit()
-        batch.add([c for c in saved.changes if c.idx not in finished])
-        if batch:
-            batch.write(self._conn, Names(self._conn), saved.keep_answer_bodies)
-        path.unlink()
-        return sum(1 for row in batch.rows.values() if row.finished is not None)
+        """Commit what a run the disk stopped saved in a side file (unsaved.py), then remove
+        it. Returns the rows it finished."""
+        return unsaved.restore(self._conn, self.path, self.get_meta("created_at"))
 
     def prepare_resume(self, retry_failed: bool, offline: bool = False) -> int:
         """Rows left in flight by a crash go back to pending (at-least-once delivery).

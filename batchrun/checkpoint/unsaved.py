@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -21,8 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from batchrun import codec
+from batchrun.errors import CheckpointError
 from batchrun.lifecycle import TRANSITIONS, Finished, Outcome, RowState, Transition
 from batchrun.records import Completion
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 _KINDS = {kind.__name__: kind for kind in TRANSITIONS}
@@ -108,3 +113,39 @@ def _decode(data: dict[str, Any]) -> Transition:
             state=RowState(outcome.pop("state")), completion=completion, **outcome
         )
     return kind(**data)
+
+
+def restore(conn: sqlite3.Connection, checkpoint: Path, stamp: str | None) -> int:
+    """Commit every side file of `checkpoint` (stamped `stamp`) and remove it. Rows finished
+    since (a second restore) are left as they are; a side file of another checkpoint once at
+    this path is moved aside, unused. Returns the rows it finished."""
+    return sum(_restore(conn, path, stamp) for path in unsaved_paths(checkpoint) if path.is_file())
+
+
+def _restore(conn: sqlite3.Connection, path: Path, stamp: str | None) -> int:
+    from .commit import Commit, Names
+
+    try:
+        saved = load(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{exc}: move it aside to resume without it (the answers in it are bought again)"
+        ) from None
+    if saved.stamp != stamp:
+        stale = path.with_name(path.name + ".stale")
+        path.replace(stale)
+        log.warning("%s belongs to an earlier job at this path: moved to %s", path, stale)
+        return 0
+    idxs = codec.dumps(sorted({c.idx for c in saved.changes}))
+    finished = {
+        idx
+        for (idx,) in conn.execute(
+            "SELECT idx FROM results WHERE idx IN (SELECT value FROM json_each(?))", (idxs,)
+        )
+    }
+    batch = Commit()
+    batch.add([c for c in saved.changes if c.idx not in finished])
+    if batch:
+        batch.write(conn, Names(conn), saved.keep_answer_bodies)
+    path.unlink()
+    return sum(1 for row in batch.rows.values() if row.finished is not None)

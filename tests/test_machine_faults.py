@@ -388,6 +388,17 @@ def damage_page(path: Path, page: int) -> None:
         fh.write(os.urandom(size))
 
 
+def recover_then_finish(job: dict[str, Any], path: Path) -> tuple[str, str]:
+    """`batchrun recover PATH`, then the job's own command; both must succeed, and the job's
+    output must hold every row's answer. Returns both commands' stderr."""
+    recovered = run_cli("recover", str(path))
+    assert recovered.returncode == 0, recovered.stderr
+    finished = run_cli(*job["args"])
+    assert finished.returncode == 0, finished.stderr
+    assert_rows_answered(answers(job["out"]), job["inputs"])
+    return recovered.stderr, finished.stderr
+
+
 @pytest.fixture
 def finished_job(mock_server: MockServer, fast_config: Path, tmp_path: Path) -> dict[str, Any]:
     inputs = prompts(1500)
@@ -466,7 +477,8 @@ def test_recover_leaves_an_intact_checkpoint_alone(tmp_path: Path) -> None:
     assert path.read_bytes() == before and not Path(f"{path}.damaged").exists()
 
 
-def test_a_truncated_file_is_damaged_at_open(tmp_path: Path) -> None:
+def truncated_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint of 3,000 rows cut to half its length (every page in the main file)."""
     path = tmp_path / "ckpt.sqlite"
     build(path, [Row(i) for i in range(3000)]).close()
     conn = sqlite3.connect(path)
@@ -474,6 +486,11 @@ def test_a_truncated_file_is_damaged_at_open(tmp_path: Path) -> None:
     conn.close()
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_a_truncated_file_is_damaged_at_open(tmp_path: Path) -> None:
+    path = truncated_checkpoint(tmp_path)
     with pytest.raises(CheckpointDamaged, match="truncated"):
         Checkpoint.open(path)
 
@@ -679,13 +696,7 @@ def test_recover_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
 def test_a_short_file_beside_a_wal_is_not_called_damaged(tmp_path: Path) -> None:
     from batchrun.checkpoint.damage import header_problem
 
-    path = tmp_path / "ckpt.sqlite"
-    build(path, [Row(i) for i in range(3000)]).close()
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    path = truncated_checkpoint(tmp_path)
     assert header_problem(path) is not None
     # A WAL checkpoint writes the new page count before it grows the file: with frames in
     # the WAL the short file may be one caught in between, and only a failed read tells.
@@ -703,12 +714,8 @@ def test_a_checkpoint_that_lost_its_job_record_is_recovered_and_finished(
     conn.close()
     damage_page(ckpt, meta_root)
     sent = mock_server.stats()["submissions"]
-    recovered = run_cli("recover", str(ckpt))
-    assert recovered.returncode == 0, recovered.stderr
-    finished = run_cli(*finished_job["args"])
-    assert finished.returncode == 0, finished.stderr
-    assert "lost its job record" in finished.stderr
-    assert_rows_answered(answers(finished_job["out"]), finished_job["inputs"])
+    _, finished = recover_then_finish(finished_job, ckpt)
+    assert "lost its job record" in finished
     assert mock_server.stats()["submissions"] == sent
 
 
@@ -773,12 +780,8 @@ def test_rows_under_a_damaged_interior_page_are_read_off_their_leaves(
         damage_page(ckpt, roots[table])
     out.unlink()  # no output to restore from: every answer must come off the leaves
     sent = mock_server.stats()["submissions"]
-    recovered = run_cli("recover", str(ckpt))
-    assert recovered.returncode == 0, recovered.stderr
-    assert "finished rows: 1,500 kept, 0 lost" in recovered.stderr
-    finished = run_cli(*finished_job["args"])
-    assert finished.returncode == 0, finished.stderr
-    assert_rows_answered(answers(out), finished_job["inputs"])
+    recovered, _ = recover_then_finish(finished_job, ckpt)
+    assert "finished rows: 1,500 kept, 0 lost" in recovered
     assert mock_server.stats()["submissions"] == sent
 
 
@@ -809,10 +812,6 @@ def test_answers_whose_input_rows_were_damaged_are_kept_without_an_output(
     damage_page(ckpt, leaves[len(leaves) // 2])  # input rows gone, their answers intact
     out.unlink()  # nothing to restore from: the answers must be the checkpoint's own
     sent = mock_server.stats()["submissions"]
-    recovered = run_cli("recover", str(ckpt))
-    assert recovered.returncode == 0, recovered.stderr
-    assert "finished rows: 1,500 kept, 0 lost" in recovered.stderr
-    finished = run_cli(*finished_job["args"])
-    assert finished.returncode == 0, finished.stderr
-    assert_rows_answered(answers(out), finished_job["inputs"])
+    recovered, _ = recover_then_finish(finished_job, ckpt)
+    assert "finished rows: 1,500 kept, 0 lost" in recovered
     assert mock_server.stats()["submissions"] == sent

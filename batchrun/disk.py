@@ -24,10 +24,9 @@ from .summary import config_one_offs, next_command
 log = logging.getLogger(__name__)
 
 
-def check_space(cfg: RunConfig, checkpoint: CheckpointReader) -> None:
+def check_space(cfg: RunConfig, checkpoint: CheckpointReader, unfinished: int) -> None:
     """Warn (or, with --require-space, refuse) when a folder the job writes has less free
-    space than its unfinished rows need."""
-    unfinished = checkpoint.todo()
+    space than its `unfinished` rows need."""
     if not unfinished:
         return
     per_row = answer_bytes(checkpoint.answer_bytes())

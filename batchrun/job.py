@@ -115,7 +115,7 @@ async def run_job_async(
             try:
                 stats = prepare(cfg, checkpoint, resumed)
                 if not cfg.offline:
-                    check_space(cfg, checkpoint)
+                    check_space(cfg, checkpoint, stats.todo)
                 run = checkpoint.start_run()
                 if events is not None:
                     events.emit("job_start", **_start_fields(cfg, checkpoint, stats, resumed))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .checkpoint import Checkpoint
 from .checkpoint.damage import is_damage
+from .checkpoint.locate import PARQUET_MAGIC, starts_with
 from .config import RunConfig
 from .credentials import read_api_key
 from .errors import BatchrunError, ConfigError
@@ -91,8 +92,7 @@ def reuse_answers(cfg: RunConfig, checkpoint: Checkpoint, source: Path) -> int:
     """Answer pending rows from an earlier checkpoint or output; returns rows answered."""
     from .results import read_reusable
 
-    with source.open("rb") as fh:
-        is_parquet = fh.read(4) == b"PAR1"
+    is_parquet = starts_with(source, PARQUET_MAGIC)
     keep = keeps_answer_bodies(cfg)
     try:
         if is_parquet:

@@ -29,6 +29,18 @@ def nothing_ran(server: MockServer, folder: Path) -> None:
     assert not (folder / "out").exists()  # no cell started, no summary written
 
 
+def refused_before_any_cell(
+    mock_server: MockServer, tmp_path: Path, path: Path, message: str
+) -> None:
+    """The sweep exits 2 with exactly `message` (its {sweep} and {folder} filled), and no
+    cell ran."""
+    result = run_cli("sweep", str(path), "--base-url", mock_server.base_url)
+    assert result.returncode == 2, result.stderr
+    expected = message.format(sweep=path, folder=tmp_path)
+    assert result.stderr == f"batchrun: error: {expected}\n"
+    nothing_ran(mock_server, tmp_path)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -52,11 +64,7 @@ def test_a_sweep_file_mistake_names_the_file_table_and_key(
 ) -> None:
     (tmp_path / "job.toml").write_text('[params]\ntop_p = "high"\n')  # a base config's mistake
     path = sweep_in(tmp_path, text)
-    result = run_cli("sweep", str(path), "--base-url", mock_server.base_url)
-    assert result.returncode == 2, result.stderr
-    expected = message.format(sweep=path, folder=tmp_path)
-    assert result.stderr == f"batchrun: error: {expected}\n"
-    nothing_ran(mock_server, tmp_path)
+    refused_before_any_cell(mock_server, tmp_path, path, message)
 
 
 def test_a_typo_in_run_params_is_named_with_the_nvidia_config(tmp_path: Path) -> None:
@@ -93,11 +101,7 @@ def test_a_missing_dataset_stops_the_sweep_before_any_cell_runs(
     (over d.jsonl, which exists) does not run, and the exit is 2 (a config error), not 1."""
     (tmp_path / "job.toml").write_text("rpm = 5\n")
     path = sweep_in(tmp_path, text)
-    result = run_cli("sweep", str(path), "--base-url", mock_server.base_url)
-    assert result.returncode == 2, result.stderr
-    expected = message.format(sweep=path, folder=tmp_path)
-    assert result.stderr == f"batchrun: error: {expected}\n"
-    nothing_ran(mock_server, tmp_path)
+    refused_before_any_cell(mock_server, tmp_path, path, message)
 
 
 def test_a_cells_checkpoint_mismatch_suggests_what_the_sweep_can_do(

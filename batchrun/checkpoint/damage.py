@@ -15,7 +15,8 @@ from pathlib import Path
 
 from batchrun.errors import CheckpointError
 
-SQLITE_HEADER = b"SQLite format 3\x00"
+from .locate import SQLITE_MAGIC
+
 _DAMAGE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 _UNDECODABLE = "Could not decode to UTF-8"
 
@@ -47,10 +48,9 @@ def header_problem(path: Path) -> str | None:
             return None
     except OSError:
         return None
-    if len(header) < 100 or not header.startswith(SQLITE_HEADER):
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         return None
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
+    page_size = page_size_of(header)
     pages = int.from_bytes(header[28:32], "big")
     # The page count is valid only when the header's "version valid for" matches its
     # change counter (SQLite's file format, section 1.3.7).
@@ -59,12 +59,10 @@ def header_problem(path: Path) -> str | None:
     return None
 
 
-def is_sqlite(path: Path) -> bool:
-    try:
-        with path.open("rb") as fh:
-            return fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-    except OSError:
-        return False
+def page_size_of(header: bytes) -> int:
+    """The page size an SQLite file header gives (the value 1 stands for 65,536)."""
+    size = int.from_bytes(header[16:18], "big")
+    return 65536 if size == 1 else size
 
 
 def is_damage(exc: BaseException) -> bool:

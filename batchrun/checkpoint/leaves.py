@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .damage import page_size_of
+
 TABLE_LEAF = 0x0D
 Data = bytes | mmap.mmap  # the file, read or mapped (a mapped file need not fit in memory)
 
@@ -30,8 +32,7 @@ def leaf_rows(data: Data) -> Iterator[LeafRow]:
     """Every row on every table leaf page of the file `data` that is not on the freelist."""
     if len(data) < 100:
         return
-    page_size = int.from_bytes(data[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
+    page_size = page_size_of(data[:100])
     usable = page_size - data[20]
     free = _freelist(data, page_size)
     for page in range(1, len(data) // page_size + 1):

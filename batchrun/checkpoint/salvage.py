@@ -25,11 +25,11 @@ from batchrun.errors import BatchrunError, CheckpointError, DiskError
 from batchrun.lifecycle import RowState
 from batchrun.storage import disk_fault
 
-from .damage import header_problem, is_sqlite
-from .locate import PARQUET_MAGIC, starts_with
+from .damage import header_problem, page_size_of
+from .locate import PARQUET_MAGIC, SQLITE_MAGIC, starts_with
 from .rowcopy import copy_from_leaves, copy_table, last_rowid
 from .schema import APP_ID, SCHEMA_VERSION, STATE_CODES, STATES, connect, migrate
-from .store import Checkpoint, remove_checkpoint
+from .store import Checkpoint, recount_totals_sql, remove_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _salvage_into(fresh: Path, path: Path, result: Recovery, output: Path | None
 # record has, and a test of its values (the first is the rowid alias, stored as NULL).
 def _check_is_checkpoint(path: Path) -> None:
     """Refuse what is not a batchrun checkpoint: recover would replace it with an empty one."""
-    if not is_sqlite(path):
+    if not starts_with(path, SQLITE_MAGIC):
         raise CheckpointError(f"{path}: not a batchrun checkpoint (not an SQLite file)")
     try:
         conn = connect(path, readonly=True)
@@ -169,9 +169,9 @@ def _readable_copy(path: Path) -> Path | None:
     if header_problem(path) is None:
         return None
     data = bytearray(path.read_bytes())
-    page_size = int.from_bytes(data[16:18], "big")
-    pages = len(data) // (65536 if page_size == 1 else page_size)
-    del data[pages * (65536 if page_size == 1 else page_size) :]
+    page_size = page_size_of(bytes(data[:100]))
+    pages = len(data) // page_size
+    del data[pages * page_size :]
     data[28:32] = pages.to_bytes(4, "big")
     copy = path.with_name(path.name + ".readable")
     copy.write_bytes(data)
@@ -275,18 +275,6 @@ def _make_whole(
         if output is not None:
             conn.execute(meta, ("restore_from", str(output)))
     conn.execute("COMMIT")
-
-
-def recount_totals_sql(conn: sqlite3.Connection) -> None:
-    """The totals row from the answers kept (its own page did not read back)."""
-    conn.execute("DELETE FROM totals")
-    conn.execute(
-        "INSERT INTO totals SELECT 1, coalesce(sum(prompt_tokens), 0), "
-        "coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0), "
-        "coalesce(sum(attempts), 0), coalesce(sum(reused), 0), "
-        "coalesce(sum(CASE WHEN reused THEN 0 ELSE prompt_tokens END), 0), "
-        "coalesce(sum(CASE WHEN reused THEN 0 ELSE completion_tokens END), 0) FROM results"
-    )
 
 
 def _swap(path: Path, fresh: Path, damaged: Path) -> None:

@@ -20,7 +20,8 @@ from batchrun.lifecycle import RowState
 from batchrun.payloads import PreparedRow
 
 from . import reuse, unsaved
-from .damage import check_header, damage_error, is_sqlite
+from .damage import check_header, damage_error
+from .locate import SQLITE_MAGIC, starts_with
 from .queries import NO_LIMIT, CheckpointReader
 from .schema import APP_ID, OPEN, STATE_CODES, connect, migrate
 from .values import encode_extra
@@ -181,15 +182,10 @@ class Checkpoint(CheckpointReader):
 
     def recount_totals(self) -> None:
         """Totals from the finished rows' answers (after a recovery that lost them)."""
-        from .salvage import recount_totals_sql
-
-        self._conn.execute("BEGIN")
         recount_totals_sql(self._conn)
-        self._conn.execute("COMMIT")
 
     def restore_unsaved(self) -> int:
-        """Commit what a run the disk stopped saved in a side file (unsaved.py), then remove
-        it. Returns the rows it finished."""
+        """Commit (then remove) a disk-stopped run's side file; returns rows it finished."""
         return unsaved.restore(self._conn, self.path, self.get_meta("created_at"))
 
     def prepare_resume(self, retry_failed: bool, offline: bool = False) -> int:
@@ -313,6 +309,20 @@ def _item_values(new: IngestRow, extra_names: Sequence[str]) -> tuple[Any, ...]:
     )
 
 
+def recount_totals_sql(conn: sqlite3.Connection) -> None:
+    """The totals row, in one transaction, from the answers kept (after a damaged one)."""
+    conn.execute("BEGIN")
+    conn.execute("DELETE FROM totals")
+    conn.execute(
+        "INSERT INTO totals SELECT 1, coalesce(sum(prompt_tokens), 0), "
+        "coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0), "
+        "coalesce(sum(attempts), 0), coalesce(sum(reused), 0), "
+        "coalesce(sum(CASE WHEN reused THEN 0 ELSE prompt_tokens END), 0), "
+        "coalesce(sum(CASE WHEN reused THEN 0 ELSE completion_tokens END), 0) FROM results"
+    )
+    conn.execute("COMMIT")
+
+
 def remove_if_never_written(path: Path) -> bool:
     """Remove a checkpoint a process was killed while creating (a SQLite file with no tables
     yet): it holds nothing, and left there it would stop every later run. True if removed."""
@@ -349,7 +359,7 @@ def _connect_existing(path: Path) -> sqlite3.Connection:
         finally:
             probe.close()
     except sqlite3.DatabaseError as exc:
-        if is_sqlite(path) and (damaged := damage_error(exc, path)) is not None:
+        if starts_with(path, SQLITE_MAGIC) and (damaged := damage_error(exc, path)) is not None:
             raise damaged from None
         raise CheckpointError(f"{path}: not a batchrun checkpoint ({exc})") from None
     except CheckpointError as exc:

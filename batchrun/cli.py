@@ -24,6 +24,7 @@ from .cli_options import run_options
 from .config import RunConfig, build_config, load_toml, parse_param
 from .credentials import read_api_key
 from .errors import EXIT_USAGE, BatchrunError, ConfigError
+from .paths import job_path
 
 if TYPE_CHECKING:
     from .job import Watcher
@@ -174,8 +175,8 @@ def status(path: str, as_json: bool, ids: int) -> None:
     from .status import format_status, job_status
 
     try:
-        with _named_damage(Path(path)):
-            info = job_status(Path(path), ids=ids)
+        with _named_damage(job_path(path)):
+            info = job_status(job_path(path), ids=ids)
     except BatchrunError as exc:
         _fail(exc)
     click.echo(json.dumps(info, indent=2) if as_json else format_status(info))
@@ -195,13 +196,11 @@ def export(job: str, output: str, output_format: str | None) -> None:
     """Write what `run` would write now (its format, parsed and extracted columns) to OUTPUT,
     even while the job runs. JOB is a checkpoint or the job's output path."""
     from .checkpoint import require_checkpoint
-    from .preflight import check_output_writable
-    from .results import export as export_job
+    from .destination import export as export_job
 
     try:
-        check_output_writable(Path(output))
-        with _named_damage(Path(job)):
-            paths, _ = export_job(require_checkpoint(Path(job)), Path(output), output_format)
+        with _named_damage(job_path(job)):
+            paths, _ = export_job(require_checkpoint(job_path(job)), output, output_format)
     except BatchrunError as exc:
         _fail(exc)
     _say("wrote " + ", ".join(str(p) for p in paths))
@@ -226,8 +225,8 @@ def report(output: str, html_path: str | None, as_json: bool) -> None:
     from .report_text import format_report
 
     try:
-        with _named_damage(Path(output)):
-            summary = summarize(Path(output))
+        with _named_damage(job_path(output)):
+            summary = summarize(job_path(output))
         click.echo(json.dumps(summary, indent=2) if as_json else format_report(summary))
         if html_path:
             write_html(summary, Path(output), Path(html_path))

@@ -127,6 +127,11 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "[default: parquet]",
         ),
         click.option(
+            "--output-partition-rows",
+            type=int,
+            help="Write the Parquet output as a folder of part files of N rows each.",
+        ),
+        click.option(
             "--log-json",
             type=click.Path(dir_okay=False),
             help="Append one JSON event per line here (rows, retries, 429 pauses, totals).",

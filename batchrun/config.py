@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 from .body_fields import check_body_fields
 from .config_keys import VALIDATORS, load_tools_file, request_params
 from .errors import ConfigError
+from .paths import default_checkpoint_path
+from .remote import is_remote
 from .urls import is_nvidia_host
 
-CHECKPOINT_SUFFIX = ".checkpoint.sqlite"  # the default checkpoint is OUTPUT + this
 NVIDIA_BASE_URL = "https://integrate.api.nvidia.com/v1"
 NVIDIA_MODEL = "qwen/qwen3.5-397b-a17b"
 DEFAULT_STATUS_URL = "{base_url}/status/{request_id}"
@@ -91,6 +92,9 @@ class RunConfig:
     ray_address: str | None = None  # "local" (a private one-machine cluster) or HOST:PORT
     workers: int = 2  # Ray workers (actors), each with its share of the limits
     output_format: str = "parquet"  # or "openai-jsonl", or "both"
+    output_partition_rows: int | None = None  # Parquet output as a folder of parts this big
+    endpoint_url: str | None = None  # an S3-compatible store's URL (as AWS_ENDPOINT_URL)
+    checkpoint_upload: bool = False  # the finished checkpoint also beside a store's output
     pricing: Mapping[str, float] | None = None  # USD per million prompt/completion tokens
     max_cost: float | None = None  # USD; the job stops before spending past it
     log_json: str | None = None  # one JSON event per line: job start/end, rows, retries, 429s
@@ -110,7 +114,7 @@ class RunConfig:
     def checkpoint_path(self) -> Path:
         if self.checkpoint:
             return Path(self.checkpoint)
-        return Path(self.output + CHECKPOINT_SUFFIX)
+        return default_checkpoint_path(self.output)
 
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
@@ -232,12 +236,17 @@ def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str):
-            data[key] = os.path.normpath(folder / value) if value else value
+            data[key] = _relative_path(folder, value)
         elif key == "inputs" and isinstance(value, list):
-            data[key] = [
-                os.path.normpath(folder / v) if isinstance(v, str) and v else v for v in value
-            ]
+            data[key] = [_relative_path(folder, v) for v in value]
     return data
+
+
+def _relative_path(folder: Path, value: Any) -> Any:
+    """A path in a config file, from the file's folder; a store's URL as it is."""
+    if not isinstance(value, str) or not value or is_remote(value):
+        return value
+    return os.path.normpath(folder / value)
 
 
 def _did_you_mean(key: str) -> str:

@@ -261,6 +261,18 @@ def request_params(key: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _store_endpoint(key: str, value: Any) -> str | None:
+    """An S3-compatible store's URL: http(s), with a host."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not re.match(r"https?://[^/\s]+/?$", value):
+        raise ConfigError(
+            f"{key} must be an http(s) URL of an S3-compatible store such as "
+            f"'http://127.0.0.1:9000', got {value!r}"
+        )
+    return value.rstrip("/")
+
+
 VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "inputs": _inputs,
     "output": _string,
@@ -302,6 +314,9 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "ray_address": _optional_string,
     "workers": _positive_int,
     "output_format": _output_format,
+    "output_partition_rows": _optional_positive_int,
+    "endpoint_url": _store_endpoint,
+    "checkpoint_upload": _bool,
     "parse_json": _bool,
     "reuse": _optional_string,
     "log_json": _optional_string,

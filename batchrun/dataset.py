@@ -1,7 +1,8 @@
 """Input files -> a stream of raw rows, each with its location (file:line).
 
-Owns everything about reading inputs: expanding directories, JSONL / JSONL.gz / Parquet,
-line numbers, and the content digest the checkpoint fingerprint is built from. It does not
+Owns everything about reading inputs: expanding directories (local, or a prefix in an object
+store through remote.py), JSONL / JSONL.gz / Parquet, line numbers, and the content digest
+the checkpoint fingerprint is built from. It does not
 judge rows (payloads.py does); a line that is not JSON becomes a SourceRow with `error`.
 Memory stays flat: JSONL is read line by line, Parquet in record batches.
 """
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from . import codec
+from . import codec, remote
 from .errors import ConfigError
+from .remote import RemoteObject
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
 # A line this long cannot become a request (NVCF rejects bodies over 5 MB; the gateway
@@ -27,12 +29,31 @@ PARQUET_BATCH_ROWS = 2048
 
 @dataclass(frozen=True, slots=True)
 class InputFile:
-    path: Path
+    path: Path  # a local file; for an object in a store, only its name
     name: str  # how the file is named in locations and derived ids
+    remote: RemoteObject | None = None  # set for an object in a store (s3://, gs://, ...)
 
     @property
     def kind(self) -> str:
         return "parquet" if self.path.name.endswith(".parquet") else "jsonl"
+
+    @property
+    def location(self) -> str:
+        """The file as its user named it: a path, or the object's URL."""
+        return self.remote.url if self.remote is not None else str(self.path)
+
+    def open_stream(self) -> IO[bytes]:
+        """The bytes from the start, read as they are consumed (gzip undone for .gz)."""
+        raw = remote.open_input(self.remote) if self.remote is not None else self.path.open("rb")
+        if self.path.name.endswith(".gz"):
+            return cast(IO[bytes], gzip.open(raw, "rb"))
+        return raw
+
+    def open_random_access(self) -> Any:
+        """What pyarrow's readers that seek take: the path, or the store's open file."""
+        if self.remote is not None:
+            return remote.open_random_access(self.remote)
+        return self.path
 
 
 @dataclass(slots=True)
@@ -49,10 +70,16 @@ def _supported(path: Path) -> bool:
     return path.name.endswith(SUFFIXES) and not path.name.startswith(".")
 
 
-def expand_inputs(paths: tuple[str, ...] | list[str]) -> list[InputFile]:
-    """Files as given, directories expanded (recursively, sorted) to their supported files."""
+def expand_inputs(
+    paths: tuple[str, ...] | list[str], endpoint_url: str | None = None
+) -> list[InputFile]:
+    """Files as given, directories expanded (recursively, sorted) to their supported files;
+    URLs of a store (`endpoint_url`: see remote.resolve) likewise, a prefix as a directory."""
     files: list[InputFile] = []
     for raw in paths:
+        if remote.is_remote(raw):
+            files.extend(_remote_inputs(remote.resolve(raw, endpoint_url)))
+            continue
         path = Path(raw)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and _supported(p))
@@ -74,13 +101,34 @@ def expand_inputs(paths: tuple[str, ...] | list[str]) -> list[InputFile]:
     return _distinct_names(files)
 
 
+def _remote_inputs(obj: RemoteObject) -> list[InputFile]:
+    """An object, or every supported object under a prefix (sorted), as input files."""
+    what = remote.kind(obj)
+    if what == "file":
+        if not obj.name.endswith(SUFFIXES):
+            raise ConfigError(f"{obj.url}: unsupported input type (expected {', '.join(SUFFIXES)})")
+        return [InputFile(Path(obj.name), obj.name, obj)]
+    found = [o for o in remote.list_files(obj) if _supported(Path(o.name))]
+    if what == "missing" and not found:
+        raise ConfigError(f"{obj.url}: input not found")
+    if not found:
+        raise ConfigError(f"{obj.url}: no {', '.join(SUFFIXES)} files under this prefix")
+    prefix = obj.url.rstrip("/") + "/"
+    return [InputFile(Path(o.name), o.url[len(prefix) :], o) for o in found]
+
+
 def _distinct_names(files: list[InputFile]) -> list[InputFile]:
     """Files named alike (a/data.jsonl, b/data.jsonl) are named by their paths instead, so
     their locations and derived ids stay apart."""
     counts: dict[str, int] = {}
     for f in files:
         counts[f.name] = counts.get(f.name, 0) + 1
-    return [InputFile(f.path, f.path.as_posix()) if counts[f.name] > 1 else f for f in files]
+    return [
+        InputFile(f.path, f.remote.url if f.remote else f.path.as_posix(), f.remote)
+        if counts[f.name] > 1
+        else f
+        for f in files
+    ]
 
 
 def file_digest(path: Path) -> str:
@@ -96,23 +144,18 @@ def read_rows(files: list[InputFile]) -> Iterator[SourceRow]:
     """Every row of every file, in order."""
     for source in files:
         rows = _read_parquet(source) if source.kind == "parquet" else _read_jsonl(source)
-        folder = source.path.parent
+        # Relative image paths start at a local input's folder (a store's: the working folder).
+        folder = source.path.parent if source.remote is None else None
         for row in rows:
             row.base_dir = folder
             yield row
 
 
-def _open_text_lines(path: Path) -> IO[bytes]:
-    if path.name.endswith(".gz"):
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return path.open("rb")
-
-
 def _read_jsonl(source: InputFile) -> Iterator[SourceRow]:
     try:
-        fh = _open_text_lines(source.path)
+        fh = source.open_stream()
     except OSError as exc:
-        raise ConfigError(f"{source.path}: cannot open: {exc.strerror}") from None
+        raise ConfigError(f"{source.location}: cannot open: {exc.strerror}") from None
     with fh:
         line_no = 0
         try:
@@ -162,9 +205,11 @@ def _read_parquet(source: InputFile) -> Iterator[SourceRow]:
     import pyarrow.parquet as pq  # here: a JSONL job need not pay its import at start-up
 
     try:
-        parquet = pq.ParquetFile(source.path)
+        parquet = pq.ParquetFile(source.open_random_access())
+    except ConfigError:
+        raise
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise ConfigError(f"{source.path}: not a readable Parquet file ({exc})") from None
+        raise ConfigError(f"{source.location}: not a readable Parquet file ({exc})") from None
     row_no = 0
     with parquet:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):

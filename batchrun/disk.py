@@ -18,6 +18,7 @@ from .checkpoint.schema import connect
 from .config import RunConfig
 from .errors import ConfigError, DiskError
 from .lifecycle import RowState
+from .remote import is_remote
 from .storage import DiskFault, answer_bytes, job_needs, megabytes, space_shortfalls
 from .summary import config_one_offs, next_command
 
@@ -33,7 +34,7 @@ def check_space(cfg: RunConfig, checkpoint: CheckpointReader, unfinished: int) -
     needs = job_needs(
         per_row,
         checkpoint=(_folder(cfg.checkpoint_path), unfinished),
-        output=(_folder(Path(cfg.output)), checkpoint.row_count()),
+        output=(_output_folder(cfg), checkpoint.row_count()),
     )
     for need in space_shortfalls(needs):
         problem = (
@@ -87,8 +88,8 @@ def from_fault(fault: DiskFault) -> DiskError:
 def fault_path(exc: BaseException, cfg: RunConfig) -> Path:
     """The file a failed write was most likely to: SQLite's is the checkpoint; an OSError
     names its file, or else it came from the output writer."""
-    if isinstance(exc, sqlite3.Error):
-        return cfg.checkpoint_path
+    if isinstance(exc, sqlite3.Error) or is_remote(cfg.output):
+        return cfg.checkpoint_path  # a store's output is staged beside the checkpoint
     return Path(cfg.output)
 
 
@@ -120,6 +121,14 @@ def _read_ledger(path: Path) -> _Ledger | None:
     ):
         return _Ledger(reader.counts(), reader.answer_bytes())
     return None
+
+
+def _output_folder(cfg: RunConfig) -> Path:
+    """Where the output takes local space: its folder, or the checkpoint's for a store's
+    output (staged there whole before the upload)."""
+    if is_remote(cfg.output):
+        return _folder(cfg.checkpoint_path)
+    return _folder(Path(cfg.output))  # a folder of parts is made beside it, then renamed
 
 
 def _folder(path: Path) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import remote
 from .budget import Pricing
 from .checkpoint import (
     Checkpoint,
@@ -52,12 +53,17 @@ class DryRunReport:
 def input_digests(
     files: list[InputFile], known: dict[str, list[Any]] | None = None
 ) -> tuple[list[str], dict[str, list[Any]]]:
-    """Each input's content digest, and what to remember of them: [size, mtime_ns, digest]
+    """Each input's content digest (an object in a store: what the store says identifies its
+    content, with its size), and what to remember of local files: [size, mtime_ns, digest]
     by path. A file whose size and modification time are what `known` says keeps its
     digest without being read again (as make and rsync judge a file unchanged), so a resume
     does not re-read a large input; any other file is hashed."""
     digests, stats = [], {}
     for f in files:
+        if f.remote is not None:
+            # The store names the content (ETag, generation) in one request: nothing to cache.
+            digests.append(remote.content_id(f.remote))
+            continue
         st = f.path.stat()
         mark = [st.st_size, st.st_mtime_ns]
         key = str(f.path.resolve())
@@ -233,7 +239,7 @@ def _check_same_job(checkpoint: Checkpoint, identity: dict[str, Any], cfg: RunCo
 
 def dry_run(cfg: RunConfig) -> DryRunReport:
     """Read, validate and build every request without sending or keeping anything."""
-    files = expand_inputs(cfg.inputs)
+    files = expand_inputs(cfg.inputs, cfg.endpoint_url)
     with tempfile.TemporaryDirectory(prefix="batchrun-dry-") as tmp:
         checkpoint = Checkpoint.create(Path(tmp) / "dry.sqlite")
         try:

@@ -38,6 +38,7 @@ from .limits import RateLimiter
 from .lock import CheckpointLock
 from .monitor import RunStats
 from .preflight import keeps_answer_bodies, preflight, prepare
+from .remote import is_remote
 from .signals import install_signal_handlers
 from .stop import StopSignal
 from .storage import DiskFault, disk_fault
@@ -53,8 +54,8 @@ class JobResult:
     """How a run ended, for the summary and the exit code."""
 
     exit_code: int
-    output: Path
-    outputs: list[Path]
+    output: str  # a path, or a store's URL
+    outputs: list[str]
     checkpoint: Path
     counts: dict[RowState, int]
     totals: Totals
@@ -106,7 +107,7 @@ async def run_job_async(
 ) -> JobResult:
     """The same, inside a running loop; `limiter` may be shared by several jobs (sweeps)."""
     api_key = preflight(cfg)
-    files = expand_inputs(cfg.inputs)
+    files = expand_inputs(cfg.inputs, cfg.endpoint_url)
     started = time.monotonic()
     events = EventLog(Path(cfg.log_json)) if cfg.log_json else None
     try:
@@ -180,15 +181,14 @@ def _finish(
     stopped: BatchrunError | None,
 ) -> JobResult:
     """Write the output (whatever way the run ended) and sum the job up."""
-    from .results import write_outputs
+    from .destination import output_settings, upload_checkpoint, write_outputs
 
     outputs, parse_errors = write_outputs(
-        checkpoint,
-        Path(cfg.output),
-        cfg.output_format,
-        parse_json=cfg.parse_json,
-        extract=cfg.extract,
+        checkpoint, cfg.output, output_settings(cfg), cfg.checkpoint_path.parent
     )
+    if cfg.checkpoint_upload and is_remote(cfg.output):
+        url = upload_checkpoint(cfg.checkpoint_path, cfg.output, cfg.endpoint_url)
+        log.info("checkpoint copied to %s", url)
     counts = checkpoint.counts()
     totals = checkpoint.totals()
     cost = job_cost(cfg.pricing, totals)

@@ -11,6 +11,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from . import remote
 from .checkpoint import Checkpoint
 from .checkpoint.damage import is_damage
 from .checkpoint.locate import PARQUET_MAGIC, starts_with
@@ -18,6 +19,7 @@ from .config import RunConfig
 from .credentials import read_api_key
 from .errors import BatchrunError, ConfigError
 from .monitor import RunStats
+from .remote import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,8 @@ def preflight(cfg: RunConfig) -> str | None:
     if not cfg.output:
         raise ConfigError("no output file: pass -o/--output or set output = ... in the config")
     api_key = None if cfg.offline else read_api_key(cfg)
-    check_output_writable(Path(cfg.output))
-    if cfg.reuse and not Path(cfg.reuse).is_file():
+    check_output_location(cfg.output, cfg.endpoint_url, folder=bool(cfg.output_partition_rows))
+    if cfg.reuse and not is_remote(cfg.reuse) and not Path(cfg.reuse).exists():
         raise ConfigError(f"--reuse {cfg.reuse}: no such checkpoint or output file")
     if cfg.reuse and cfg.fresh and Path(cfg.reuse).resolve() == cfg.checkpoint_path.resolve():
         raise ConfigError(
@@ -36,6 +38,19 @@ def preflight(cfg: RunConfig) -> str | None:
             "copy it elsewhere first and reuse the copy"
         )
     return api_key
+
+
+def check_output_location(output: str, endpoint_url: str | None, *, folder: bool) -> None:
+    """The output can be written where it goes (and is a folder of parts, or a file, as the
+    run will write it): found before anything is sent."""
+    if is_remote(output):
+        remote.check_writable(remote.resolve(output, endpoint_url), folder=folder)
+    elif folder:
+        check_output_writable(Path(output) / "part-00000.parquet")
+        if Path(output).is_file():
+            raise ConfigError(f"output {output} is a file; partitioned output is a folder")
+    else:
+        check_output_writable(Path(output))
 
 
 def check_output_writable(output: Path) -> None:
@@ -58,7 +73,7 @@ def prepare(cfg: RunConfig, checkpoint: Checkpoint, resumed: bool) -> RunStats:
     reset = checkpoint.prepare_resume(cfg.retry_failed, offline=cfg.offline)
     if resumed:
         log.info("resuming %s (%d rows to send again)", cfg.checkpoint_path, reset)
-    reused = reuse_answers(cfg, checkpoint, Path(cfg.reuse)) if cfg.reuse else 0
+    reused = _reuse(cfg, checkpoint) if cfg.reuse else 0
     restored = _restore_recovered(cfg, checkpoint)
     if restored:
         log.info("%d answers restored from the output a recovered checkpoint lost", restored)
@@ -66,6 +81,21 @@ def prepare(cfg: RunConfig, checkpoint: Checkpoint, resumed: bool) -> RunStats:
     if cfg.offline:
         not_cached = checkpoint.fail_pending("not in cache (--offline sends nothing)", "offline")
     return RunStats(todo=checkpoint.todo(), reused=reused, not_cached=not_cached)
+
+
+def _reuse(cfg: RunConfig, checkpoint: Checkpoint) -> int:
+    """--reuse; one in a store (a checkpoint that `checkpoint_upload` put there, or an
+    output) is downloaded beside the checkpoint first, and removed after."""
+    assert cfg.reuse is not None
+    if not is_remote(cfg.reuse):
+        return reuse_answers(cfg, checkpoint, Path(cfg.reuse))
+    from .destination import local_copy
+
+    copy = local_copy(cfg.reuse, cfg.checkpoint_path.parent, cfg.endpoint_url)
+    try:
+        return reuse_answers(cfg, checkpoint, copy)
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def _restore_recovered(cfg: RunConfig, checkpoint: Checkpoint) -> int:
@@ -92,7 +122,7 @@ def reuse_answers(cfg: RunConfig, checkpoint: Checkpoint, source: Path) -> int:
     """Answer pending rows from an earlier checkpoint or output; returns rows answered."""
     from .results import read_reusable
 
-    is_parquet = starts_with(source, PARQUET_MAGIC)
+    is_parquet = source.is_dir() or starts_with(source, PARQUET_MAGIC)  # a folder of parts
     keep = keeps_answer_bodies(cfg)
     try:
         if is_parquet:

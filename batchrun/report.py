@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 from .budget import job_cost
 from .checkpoint import FailureCause, RunRecord, Totals, locate_job, open_reader
 from .checkpoint.queries import split_location
+from .destination import export
 from .errors import ConfigError
 from .lifecycle import RowState
-from .results import export
 from .stats import quantiles
 
 if TYPE_CHECKING:
@@ -227,8 +227,10 @@ def _job_files(path: Path) -> Iterator[tuple[Path, Path | None, bool]]:
     if checkpoint is None:  # locate_job raises first; this keeps the types honest
         raise ConfigError(f"{path}: no output and no checkpoint")
     with tempfile.TemporaryDirectory(prefix="batchrun-report-") as folder:
-        written, _ = export(checkpoint, Path(folder) / "output.parquet", "parquet")
-        yield written[0], checkpoint, True
+        written, _ = export(
+            checkpoint, str(Path(folder) / "output.parquet"), "parquet", one_file=True
+        )
+        yield Path(written[0]), checkpoint, True
 
 
 def summarize(path: Path) -> dict[str, Any]:

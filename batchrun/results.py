@@ -2,7 +2,9 @@
 
 The output is an export of the checkpoint and can be rewritten at any time, mid-run
 included: rows are streamed from SQLite in input order, one row group per page, into a
-temp file that is fsynced and renamed over the target, so a reader never sees half a file.
+temp file (or a folder of part files) that is fsynced and renamed over the target, so a
+reader never sees half a file. Where the output goes (a store, beside what) is
+destination.py's.
 
 Passthrough columns keep their type when every value in the column has the same scalar
 type (bool, int, float, string; ints mixed with floats become float); anything else
@@ -15,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,34 +181,94 @@ def write_output(
     group_rows: int = 8192,
     parse_json: bool = False,
     extract: tuple[str, ...] = (),
+    part_rows: int | None = None,
 ) -> tuple[int, int]:
-    """Write every row of the checkpoint to `path` atomically. (rows, answers not parsed)."""
+    """Write every row of the checkpoint to `path` atomically: one Parquet file, or with
+    `part_rows` a folder of part-NNNNN.parquet files of that many rows, in input order.
+    Returns (rows, answers not parsed)."""
     extra = checkpoint.extra_columns()
     derived = None
     if parse_json or extract:
         taken = {f.name for f in BASE_FIELDS} | {name for name, _ in extra}
         derived = Derived(checkpoint, extract, taken)
     schema = output_schema(extra + (derived.columns() if derived else []))
+    # Small pages from SQLite (their Python objects are the memory peak of the write),
+    # gathered as Arrow tables into row groups of `group_rows`.
+    tables = (
+        _page_table(page, schema, extra, derived)
+        for page in checkpoint.result_pages(page=page_rows)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    written = 0
     try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            # Small pages from SQLite (their Python objects are the memory peak of the
-            # write), gathered as Arrow tables into row groups of `group_rows`.
-            group: list[pa.Table] = []
-            for page in checkpoint.result_pages(page=page_rows):
-                group.append(_page_table(page, schema, extra, derived))
-                written += len(page)
-                if sum(len(t) for t in group) >= group_rows:
-                    _write_group(writer, group)
-            _write_group(writer, group)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if part_rows is None:
+            written = _write_file(tmp, schema, tables, group_rows)
+        else:
+            written = _write_parts(tmp, schema, tables, min(group_rows, part_rows), part_rows)
+        replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        remove(tmp)
     return written, derived.parse_errors if derived else 0
+
+
+def _write_file(path: Path, schema: pa.Schema, tables: Iterable[pa.Table], group_rows: int) -> int:
+    written = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        group: list[pa.Table] = []
+        for table in tables:
+            group.append(table)
+            written += len(table)
+            if sum(len(t) for t in group) >= group_rows:
+                _write_group(writer, group)
+        _write_group(writer, group)
+    with path.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    return written
+
+
+def _write_parts(
+    folder: Path, schema: pa.Schema, tables: Iterable[pa.Table], group_rows: int, part_rows: int
+) -> int:
+    """Tables cut at every `part_rows` rows into part files; an empty job writes one empty
+    part, so that the folder still reads as a table with the output's columns."""
+    folder.mkdir()
+    pending: list[pa.Table] = []
+    parts = written = 0
+    for table in tables:
+        pending.append(table)
+        written += len(table)
+        while sum(len(t) for t in pending) >= part_rows:
+            whole = pa.concat_tables(pending)
+            _write_file(folder / part_name(parts), schema, [whole.slice(0, part_rows)], group_rows)
+            pending, parts = [whole.slice(part_rows)], parts + 1
+    if parts == 0 or any(len(t) for t in pending):
+        _write_file(folder / part_name(parts), schema, pending, group_rows)
+    return written
+
+
+def part_name(n: int) -> str:
+    return f"part-{n:05d}.parquet"
+
+
+def replace(tmp: Path, path: Path) -> None:
+    """Put a finished file or folder at `path`. A folder cannot be renamed over a folder, so
+    the old one is first moved aside: a reader sees the old output or the new, or (for an
+    instant) none, never half of one."""
+    if tmp.is_dir() and path.exists():
+        aside = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
+        os.replace(path, aside)
+        os.replace(tmp, path)
+        remove(aside)
+    else:
+        os.replace(tmp, path)
+
+
+def remove(path: Path) -> None:
+    """A temp file or folder, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- OpenAI batch output
@@ -252,9 +315,9 @@ def temp_path(path: Path) -> Path:
     """Where `path` is written before its rename; temp files a killed writer left beside
     it (another pid's, that pid gone) are removed first."""
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = stale.name[len(path.name) + 2 : -len(".tmp")]
+        pid = stale.name[len(path.name) + 2 : -len(".tmp")].removesuffix(".old")
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            stale.unlink(missing_ok=True)
+            remove(stale)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
@@ -289,75 +352,6 @@ def write_openai_jsonl(checkpoint: CheckpointReader, path: Path) -> int:
     return written
 
 
-OUTPUT_FORMATS = ("parquet", "openai-jsonl", "both")
-
-
-def output_paths(output: Path, output_format: str) -> dict[str, Path]:
-    """Which files a run writes: Parquet at OUTPUT, JSONL at OUTPUT, or both side by side."""
-    if output_format == "parquet":
-        return {"parquet": output}
-    if output_format == "openai-jsonl":
-        return {"openai-jsonl": output}
-    beside = (
-        output.with_suffix(".jsonl") if output.suffix == ".parquet" else Path(f"{output}.jsonl")
-    )
-    return {"parquet": output, "openai-jsonl": beside}
-
-
-def export(
-    checkpoint: Path, output: Path, output_format: str | None = None
-) -> tuple[list[Path], int]:
-    """Write what `run` would write now from `checkpoint` (its own settings say the format,
-    --parse-json and --extract), even while a job runs. Returns (paths, answers unparsed)."""
-    from .checkpoint import open_reader
-
-    reader = open_reader(checkpoint)
-    try:
-        settings = reader.get_json("settings", {}) or {}
-        chosen = output_format or settings.get("output_format") or "parquet"
-        _refuse_the_checkpoint(checkpoint, output_paths(output, chosen).values())
-        return write_outputs(
-            reader,
-            output,
-            chosen,
-            parse_json=bool(settings.get("parse_json")),
-            extract=tuple(settings.get("extract") or ()),
-        )
-    finally:
-        reader.close()
-
-
-def _refuse_the_checkpoint(checkpoint: Path, paths: Iterable[Path]) -> None:
-    """An export must not land on the checkpoint it reads (or its WAL, index or lock)."""
-    own = {Path(f"{checkpoint}{end}").resolve() for end in ("", "-wal", "-shm", ".lock")}
-    for path in paths:
-        if path.resolve() in own:
-            raise ConfigError(
-                f"-o {path} is the checkpoint's own file ({checkpoint}): writing there would "
-                "destroy every stored answer; give another path"
-            )
-
-
-def write_outputs(
-    checkpoint: CheckpointReader,
-    output: Path,
-    output_format: str,
-    *,
-    parse_json: bool = False,
-    extract: tuple[str, ...] = (),
-) -> tuple[list[Path], int]:
-    """Write the job's output file(s). Returns (paths, answers that did not parse)."""
-    paths = output_paths(output, output_format)
-    parse_errors = 0
-    if "parquet" in paths:
-        _, parse_errors = write_output(
-            checkpoint, paths["parquet"], parse_json=parse_json, extract=extract
-        )
-    if "openai-jsonl" in paths:
-        write_openai_jsonl(checkpoint, paths["openai-jsonl"])
-    return list(paths.values()), parse_errors
-
-
 REUSE_COLUMNS = (
     "content", "reasoning_content", "tool_calls", "finish_reason", "prompt_tokens",
     "completion_tokens", "total_tokens", "model", "request_id", "latency_s", "ttft_s",
@@ -365,7 +359,11 @@ REUSE_COLUMNS = (
 
 
 def read_reusable(path: Path, batch_rows: int = 8192) -> Iterator[list[ReusedAnswer]]:
-    """The ok rows of an earlier output file, as answers to reuse, in batches."""
+    """The ok rows of an earlier output file (or folder of parts), as answers to reuse."""
+    if path.is_dir():
+        for part in sorted(path.glob("part-*.parquet")):
+            yield from read_reusable(part, batch_rows)
+        return
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet

@@ -166,7 +166,7 @@ def _causes(result: JobResult) -> str:
     return "; ".join(causes) or "unknown"
 
 
-def _read(output: Path) -> pd.DataFrame:
+def _read(output: str) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     names = set(pq.ParquetFile(output).schema_arrow.names)

@@ -1,8 +1,9 @@
 """Which checkpoint belongs to an output path, and which output to a checkpoint: the one rule
 `run`, `status`, `export` and `report` share.
 
-A job's checkpoint is `OUTPUT.checkpoint.sqlite` unless `--checkpoint` chose another place;
-a checkpoint's settings name its output.
+A job's checkpoint is `OUTPUT.checkpoint.sqlite` unless `--checkpoint` chose another place
+(an output in an object store keeps it in the working folder); a checkpoint's settings name
+its output.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from batchrun.config import CHECKPOINT_SUFFIX
 from batchrun.errors import ConfigError
+from batchrun.paths import CHECKPOINT_SUFFIX, default_checkpoint_path
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 PARQUET_MAGIC = b"PAR1"
 
 
 def default_checkpoint(output: Path | str) -> Path:
-    return Path(str(output) + CHECKPOINT_SUFFIX)
+    return default_checkpoint_path(str(output))
 
 
 def checkpoint_for(path: Path) -> Path | None:

@@ -1,9 +1,11 @@
 """Input files -> a stream of raw rows, each with its location (file:line).
 
 Owns everything about reading inputs: expanding directories, JSONL / JSONL.gz / Parquet,
-line numbers, and the content digest the checkpoint fingerprint is built from. It does not
-judge rows (payloads.py does); a line that is not JSON becomes a SourceRow with `error`.
-Memory stays flat: JSONL is read line by line, Parquet in record batches.
+line numbers, and the content digest the checkpoint fingerprint is built from; the other
+formats (CSV / TSV, Arrow, Hugging Face dataset directories) are read by formats.py, chosen
+here by suffix. It does not judge rows (payloads.py does); a line that is not JSON becomes a
+SourceRow with `error`. Memory stays flat: JSONL is read line by line, Parquet in record
+batches.
 """
 
 from __future__ import annotations
@@ -18,7 +20,21 @@ from typing import IO, Any, cast
 from . import codec
 from .errors import ConfigError
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
+# Each supported suffix and how a file with it is read.
+KINDS = {
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".tsv": "tsv",
+    ".tsv.gz": "tsv",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+}
+SUFFIXES = tuple(KINDS)
 # A line this long cannot become a request (NVCF rejects bodies over 5 MB; the gateway
 # over 25 MB), so reading it whole would only risk memory.
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -32,7 +48,8 @@ class InputFile:
 
     @property
     def kind(self) -> str:
-        return "parquet" if self.path.name.endswith(".parquet") else "jsonl"
+        """jsonl, parquet, csv, tsv or arrow, by the file's suffix."""
+        return next((k for sfx, k in KINDS.items() if self.path.name.endswith(sfx)), "jsonl")
 
 
 @dataclass(slots=True)
@@ -55,10 +72,13 @@ def expand_inputs(paths: tuple[str, ...] | list[str]) -> list[InputFile]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _supported(p))
+            found = list(_folder_inputs(path, path))
             if not found:
-                raise ConfigError(f"{path}: no {', '.join(SUFFIXES)} files in this directory")
-            files.extend(InputFile(p, p.relative_to(path).as_posix()) for p in found)
+                raise ConfigError(
+                    f"{path}: no {', '.join(SUFFIXES)} files or Hugging Face dataset "
+                    "in this directory"
+                )
+            files.extend(found)
         elif path.is_file():
             if not path.name.endswith(SUFFIXES):
                 raise ConfigError(
@@ -72,6 +92,30 @@ def expand_inputs(paths: tuple[str, ...] | list[str]) -> list[InputFile]:
     if not files:
         raise ConfigError("no input files given")
     return _distinct_names(files)
+
+
+def _folder_inputs(folder: Path, root: Path) -> Iterator[InputFile]:
+    """A directory's input files, recursively and sorted by path, named relative to `root`;
+    a Hugging Face dataset directory gives its own Arrow files in its own order instead."""
+    from . import formats  # here: formats builds SourceRows, so it imports this module
+
+    dataset = formats.hf_dataset_files(folder)
+    if dataset is None:
+        # As rglob does: folders behind symlinks are not entered, unreadable ones are skipped.
+        try:
+            entries = sorted(folder.iterdir())
+        except PermissionError:
+            return
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                yield from _folder_inputs(entry, root)
+            elif entry.is_file() and _supported(entry):
+                yield InputFile(entry, entry.relative_to(root).as_posix())
+        return
+    # Named as the dataset, e.g. mydata/train: `root`'s own name when it is the dataset.
+    base = folder.relative_to(root).as_posix() if folder != root else ""
+    base = base or folder.name or folder.resolve().name
+    yield from (InputFile(path, f"{base}/{part}" if part else base) for path, part in dataset)
 
 
 def _distinct_names(files: list[InputFile]) -> list[InputFile]:
@@ -95,11 +139,22 @@ def file_digest(path: Path) -> str:
 def read_rows(files: list[InputFile]) -> Iterator[SourceRow]:
     """Every row of every file, in order."""
     for source in files:
-        rows = _read_parquet(source) if source.kind == "parquet" else _read_jsonl(source)
+        rows = _reader(source)
         folder = source.path.parent
         for row in rows:
             row.base_dir = folder
             yield row
+
+
+def _reader(source: InputFile) -> Iterator[SourceRow]:
+    from . import formats  # here: formats builds SourceRows, so it imports this module
+
+    kind = source.kind
+    if kind in ("csv", "tsv"):
+        return formats.read_csv(source.name, str(source.path), "," if kind == "csv" else "\t")
+    if kind == "arrow":
+        return formats.read_arrow(source.name, str(source.path))
+    return _read_parquet(source) if kind == "parquet" else _read_jsonl(source)
 
 
 def _open_text_lines(path: Path) -> IO[bytes]:

@@ -60,7 +60,7 @@ def read_csv(name: str, source: Source, delimiter: str) -> Iterator[SourceRow]:
             for batch in reader:
                 yield from lines.place(batch)
         except (pa.ArrowInvalid, OSError, EOFError) as exc:
-            # A corrupt .gz, a record longer than a block: the rows read so far stand.
+            # A corrupt .gz, a record longer than two blocks: the rows read so far stand.
             yield from lines.invalid_rows_due()
             yield lines.unreadable(exc)
             return
@@ -147,6 +147,8 @@ class _CsvLines:
     def place(self, batch: pa.RecordBatch) -> Iterator[SourceRow]:
         import pyarrow as pa
 
+        if batch.num_rows == 0:
+            return
         if self.columns is None:
             self.columns = self._header(batch)
             batch = batch.slice(1)

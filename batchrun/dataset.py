@@ -2,9 +2,10 @@
 
 Owns everything about reading inputs: expanding directories (local, or a prefix in an object
 store through remote.py), JSONL / JSONL.gz / Parquet, line numbers, and the content digest
-the checkpoint fingerprint is built from. It does not
-judge rows (payloads.py does); a line that is not JSON becomes a SourceRow with `error`.
-Memory stays flat: JSONL is read line by line, Parquet in record batches.
+the checkpoint fingerprint is built from; the other formats (CSV / TSV, Arrow, Hugging Face
+dataset directories) are read by formats.py, chosen here by suffix. It does not judge rows
+(payloads.py does); a line that is not JSON becomes a SourceRow with `error`. Memory stays
+flat: JSONL is read line by line, Parquet in record batches.
 """
 
 from __future__ import annotations
@@ -20,7 +21,21 @@ from . import codec, remote
 from .errors import ConfigError
 from .remote import RemoteObject
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
+# Each supported suffix and how a file with it is read.
+KINDS = {
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".tsv": "tsv",
+    ".tsv.gz": "tsv",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+}
+SUFFIXES = tuple(KINDS)
 # A line this long cannot become a request (NVCF rejects bodies over 5 MB; the gateway
 # over 25 MB), so reading it whole would only risk memory.
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -35,7 +50,8 @@ class InputFile:
 
     @property
     def kind(self) -> str:
-        return "parquet" if self.path.name.endswith(".parquet") else "jsonl"
+        """jsonl, parquet, csv, tsv or arrow, by the file's suffix."""
+        return next((k for sfx, k in KINDS.items() if self.path.name.endswith(sfx)), "jsonl")
 
     @property
     def location(self) -> str:
@@ -82,10 +98,13 @@ def expand_inputs(
             continue
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _supported(p))
+            found = list(_folder_inputs(path, path))
             if not found:
-                raise ConfigError(f"{path}: no {', '.join(SUFFIXES)} files in this directory")
-            files.extend(InputFile(p, p.relative_to(path).as_posix()) for p in found)
+                raise ConfigError(
+                    f"{path}: no {', '.join(SUFFIXES)} files or Hugging Face dataset "
+                    "in this directory"
+                )
+            files.extend(found)
         elif path.is_file():
             if not path.name.endswith(SUFFIXES):
                 raise ConfigError(
@@ -117,6 +136,30 @@ def _remote_inputs(obj: RemoteObject) -> list[InputFile]:
     return [InputFile(Path(o.name), o.url[len(prefix) :], o) for o in found]
 
 
+def _folder_inputs(folder: Path, root: Path) -> Iterator[InputFile]:
+    """A directory's input files, recursively and sorted by path, named relative to `root`;
+    a Hugging Face dataset directory gives its own Arrow files in its own order instead."""
+    from . import formats  # here: formats builds SourceRows, so it imports this module
+
+    dataset = formats.hf_dataset_files(folder)
+    if dataset is None:
+        # As rglob does: folders behind symlinks are not entered, unreadable ones are skipped.
+        try:
+            entries = sorted(folder.iterdir())
+        except PermissionError:
+            return
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                yield from _folder_inputs(entry, root)
+            elif entry.is_file() and _supported(entry):
+                yield InputFile(entry, entry.relative_to(root).as_posix())
+        return
+    # Named as the dataset, e.g. mydata/train: `root`'s own name when it is the dataset.
+    base = folder.relative_to(root).as_posix() if folder != root else ""
+    base = base or folder.name or folder.resolve().name
+    yield from (InputFile(path, f"{base}/{part}" if part else base) for path, part in dataset)
+
+
 def _distinct_names(files: list[InputFile]) -> list[InputFile]:
     """Files named alike (a/data.jsonl, b/data.jsonl) are named by their paths instead, so
     their locations and derived ids stay apart."""
@@ -143,12 +186,26 @@ def file_digest(path: Path) -> str:
 def read_rows(files: list[InputFile]) -> Iterator[SourceRow]:
     """Every row of every file, in order."""
     for source in files:
-        rows = _read_parquet(source) if source.kind == "parquet" else _read_jsonl(source)
+        rows = _reader(source)
         # Relative image paths start at a local input's folder (a store's: the working folder).
         folder = source.path.parent if source.remote is None else None
         for row in rows:
             row.base_dir = folder
             yield row
+
+
+def _reader(source: InputFile) -> Iterator[SourceRow]:
+    from . import formats  # here: formats builds SourceRows, so it imports this module
+
+    kind = source.kind
+    if kind in ("csv", "tsv"):
+        # A local path lets pyarrow undo .gz itself; a store's object comes as a stream.
+        csv = source.open_stream() if source.remote is not None else str(source.path)
+        return formats.read_csv(source.name, csv, "," if kind == "csv" else "\t")
+    if kind == "arrow":
+        arrow = source.open_random_access()
+        return formats.read_arrow(source.name, arrow if source.remote else str(arrow))
+    return _read_parquet(source) if kind == "parquet" else _read_jsonl(source)
 
 
 def _read_jsonl(source: InputFile) -> Iterator[SourceRow]:

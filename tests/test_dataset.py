@@ -63,7 +63,7 @@ def test_expand_directory_then_file_keeps_argument_order(tmp_path: Path) -> None
 
 
 def test_expand_unsupported_suffix_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "data.csv"
+    path = tmp_path / "data.txt"
     path.write_text("id,prompt\n")
     with pytest.raises(ConfigError) as info:
         expand_inputs([str(path)])

@@ -89,7 +89,8 @@ def test_a_typo_in_run_params_is_named_with_the_nvidia_config(tmp_path: Path) ->
          "file are relative to it)"),
         ('output_dir = "out"\ndatasets = ["d.jsonl", "job.toml"]\n',
          "{sweep}: datasets: 'job.toml': {folder}/job.toml: unsupported input type (expected "
-         ".jsonl, .jsonl.gz, .ndjson, .parquet)"),
+         ".jsonl, .jsonl.gz, .ndjson, .parquet, .csv, .csv.gz, .tsv, .tsv.gz, .arrow, .feather, "
+         ".ipc)"),
         (HEAD + '[run]\nreuse = "old.parquet"\n',
          "{sweep}: [run] reuse: no such checkpoint or output file: {folder}/old.parquet"),
     ],

@@ -60,10 +60,10 @@ class InputFile:
 
     def open_stream(self) -> IO[bytes]:
         """The bytes from the start, read as they are consumed (gzip undone for .gz)."""
-        raw = remote.open_input(self.remote) if self.remote is not None else self.path.open("rb")
-        if self.path.name.endswith(".gz"):
-            return cast(IO[bytes], gzip.open(raw, "rb"))
-        return raw
+        gz = self.path.name.endswith(".gz")
+        if self.remote is not None:
+            return remote.open_input(self.remote, compression="gzip" if gz else None)
+        return cast(IO[bytes], gzip.open(self.path, "rb")) if gz else self.path.open("rb")
 
     def open_random_access(self) -> Any:
         """What pyarrow's readers that seek take: the path, or the store's open file."""

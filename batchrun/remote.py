@@ -165,11 +165,12 @@ def _key(name: Any) -> str:
     return text.lower().replace("-", "_") if text.lower() != "x-goog-generation" else text.lower()
 
 
-def open_input(obj: RemoteObject) -> IO[bytes]:
-    """The object as a buffered binary stream (readline works), read as it is consumed."""
+def open_input(obj: RemoteObject, compression: str | None = None) -> IO[bytes]:
+    """The object as a buffered binary stream (readline works), read as it is consumed;
+    `compression` ("gzip") undone on the way."""
     import io
 
-    stream = call(obj.url, lambda: obj.fs.open_input_stream(obj.path))
+    stream = call(obj.url, lambda: obj.fs.open_input_stream(obj.path, compression=compression))
     return cast(IO[bytes], io.BufferedReader(stream, buffer_size=1 << 20))
 
 

@@ -136,6 +136,10 @@ def export(
             endpoint_url=stored.get("endpoint_url"),
         )
         _refuse_the_checkpoint(checkpoint, output_paths(output, settings.output_format).values())
+        from .preflight import check_output_location
+
+        folder = bool(settings.output_partition_rows)
+        check_output_location(output, settings.endpoint_url, folder=folder)
         return write_outputs(reader, output, settings, checkpoint.parent)
     finally:
         reader.close()

@@ -4,7 +4,8 @@
 named point, so the harness can kill a run exactly where a random kill rarely lands:
 - `commit`: inside a checkpoint transaction, rows updated but not committed;
 - `output`: halfway through writing the output file (before the rename);
-- `fetched`: a consume-once poll answer received, not yet stored.
+- `fetched`: a consume-once poll answer received, not yet stored;
+- `upload`: an output's bytes sent to an object store, the upload not yet completed.
 Several points may be given, comma-separated. With the variable unset, `crash_point` is one
 dictionary lookup on an empty dict.
 """

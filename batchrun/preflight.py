@@ -95,7 +95,8 @@ def _reuse(cfg: RunConfig, checkpoint: Checkpoint) -> int:
     try:
         return reuse_answers(cfg, checkpoint, copy)
     finally:
-        copy.unlink(missing_ok=True)
+        for end in ("", "-wal", "-shm"):  # SQLite's own files beside a checkpoint it read
+            Path(f"{copy}{end}").unlink(missing_ok=True)
 
 
 def _restore_recovered(cfg: RunConfig, checkpoint: Checkpoint) -> int:

@@ -201,10 +201,22 @@ def upload(local: Path, obj: RemoteObject) -> None:
             shutil.copyfileobj(src, cast(Any, dst), COPY_BLOCK)
             crash_point("upload")  # the tests kill here: an upload never completed
         obj.fs.move(tmp.path, obj.path)
+        _remove_stale_temps(obj)
     except OSError as exc:
         raise ConfigError(f"cannot write {obj.url}: {_short(exc)}") from None
     finally:
         _delete_quietly(tmp)
+
+
+def _remove_stale_temps(obj: RemoteObject) -> None:
+    """Temporary objects an upload killed between its write and its move left beside `obj`
+    (the checkpoint's lock lets one run of a job write at a time)."""
+    stale = f".{obj.name}."
+    for other in list_files(parent(obj)):
+        if other.name.startswith(stale) and other.name.endswith(".tmp") and "/" not in (
+            other.path[len(parent(obj).path) + 1 :]
+        ):
+            _delete_quietly(other)
 
 
 def put_bytes(obj: RemoteObject, data: bytes) -> None:

@@ -280,7 +280,7 @@ def test_a_disk_full_while_reading_the_inputs_sends_nothing_and_says_so(
 def test_an_output_the_disk_refuses_ends_cleanly_and_resumes(
     mock_server: MockServer, fast_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batchrun import results
+    from batchrun import destination
     from batchrun.config import build_config, load_toml
     from batchrun.errors import DiskError
     from batchrun.job import run_job
@@ -293,18 +293,18 @@ def test_an_output_the_disk_refuses_ends_cleanly_and_resumes(
         {"inputs": [str(source)], "output": str(out), "base_url": mock_server.base_url,
          "progress": False},
     )  # fmt: skip
-    real = results.write_outputs
+    real = destination.write_outputs
 
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device", str(out))
 
-    monkeypatch.setattr(results, "write_outputs", full)
+    monkeypatch.setattr(destination, "write_outputs", full)
     with pytest.raises(DiskError) as stopped:
         run_job(cfg)
     message = str(stopped.value)
     assert f"cannot write {out}: the disk is full" in message
     assert "30 answered rows are safe" in message and "Resume with: " in message
-    monkeypatch.setattr(results, "write_outputs", real)
+    monkeypatch.setattr(destination, "write_outputs", real)
     assert run_job(cfg).exit_code == 0
     assert_rows_answered(answers(out), inputs)
     assert mock_server.stats()["submissions"] == 30

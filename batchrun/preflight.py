@@ -46,9 +46,9 @@ def check_output_location(output: str, endpoint_url: str | None, *, folder: bool
     if is_remote(output):
         remote.check_writable(remote.resolve(output, endpoint_url), folder=folder)
     elif folder:
-        check_output_writable(Path(output) / "part-00000.parquet")
         if Path(output).is_file():
             raise ConfigError(f"output {output} is a file; partitioned output is a folder")
+        check_output_writable(Path(output) / "part-00000.parquet")
     else:
         check_output_writable(Path(output))
 

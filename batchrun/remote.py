@@ -213,8 +213,10 @@ def _remove_stale_temps(obj: RemoteObject) -> None:
     (the checkpoint's lock lets one run of a job write at a time)."""
     stale = f".{obj.name}."
     for other in list_files(parent(obj)):
-        if other.name.startswith(stale) and other.name.endswith(".tmp") and "/" not in (
-            other.path[len(parent(obj).path) + 1 :]
+        if (
+            other.name.startswith(stale)
+            and other.name.endswith(".tmp")
+            and "/" not in (other.path[len(parent(obj).path) + 1 :])
         ):
             _delete_quietly(other)
 

@@ -164,7 +164,7 @@ def _config(
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--ids", default=20, show_default=True, help="How many pending request ids to list.")
 def status(path: str, as_json: bool, ids: int) -> None:
@@ -183,10 +183,8 @@ def status(path: str, as_json: bool, ids: int) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("job", type=click.Path(dir_okay=False))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write."
-)
+@click.argument("job", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Where to write.")
 @click.option(
     "--output-format",
     type=click.Choice(["parquet", "openai-jsonl", "both"]),
@@ -207,7 +205,7 @@ def export(job: str, output: str, output_format: str | None) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path())
 @click.option(
     "--html",
     "html_path",

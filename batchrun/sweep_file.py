@@ -27,6 +27,7 @@ from .config import (
 )
 from .dataset import expand_inputs
 from .errors import ConfigError
+from .remote import is_remote
 
 SWEEP_KEYS = frozenset(
     {"output_dir", "datasets", "models", "config", "score_field", "max_failure_rate", "run", "grid"}
@@ -142,8 +143,8 @@ def _datasets(path: Path, value: Any) -> list[str]:
         raise ConfigError(f"{path}: datasets must be a list of input paths, got {value!r}")
     found: list[str] = []
     for ref in value:
-        full = os.path.normpath(path.parent / ref)
-        if not Path(full).exists():
+        full = ref if is_remote(ref) else os.path.normpath(path.parent / ref)
+        if not is_remote(full) and not Path(full).exists():
             raise ConfigError(
                 f"{path}: datasets: {ref!r}: {full} not found (paths in a sweep file are "
                 "relative to it)"

@@ -19,8 +19,14 @@ BASE_COLUMNS: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 # Columns --parse-json adds (and the --extract fields after them).
 PARSED_COLUMNS = ("parsed", "parse_error")
+# Columns a job with a schema adds (validation.py): answers checked, and the last error.
+VALIDATION_COLUMNS = (("validation_attempts", "int32"), ("validation_error", "str"))
 # Names a passthrough column may not take (such an input column gets an `input_` prefix).
-RESERVED = frozenset(name for name, _ in BASE_COLUMNS) | frozenset(PARSED_COLUMNS)
+RESERVED = (
+    frozenset(name for name, _ in BASE_COLUMNS)
+    | frozenset(PARSED_COLUMNS)
+    | frozenset(name for name, _ in VALIDATION_COLUMNS)
+)
 
 
 class ColumnKinds:

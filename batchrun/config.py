@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .paths import default_checkpoint_path
 from .remote import is_remote
 from .urls import is_nvidia_host
+from .validation import load_schema_file, schema_of
 
 NVIDIA_BASE_URL = "https://integrate.api.nvidia.com/v1"
 NVIDIA_MODEL = "qwen/qwen3.5-397b-a17b"
@@ -39,13 +40,9 @@ NVCF_STATUS_URL = "https://api.nvcf.nvidia.com/v2/nvcf/pexec/status/{request_id}
 
 # Request body defaults from the API reference for qwen/qwen3.5-397b-a17b.
 BODY_DEFAULTS: dict[str, Any] = {
-    "max_tokens": 16384,
-    "temperature": 0.60,
-    "top_p": 0.95,
-    "top_k": 20,
-    "presence_penalty": 0,
-    "repetition_penalty": 1,
-}
+    "max_tokens": 16384, "temperature": 0.60, "top_p": 0.95, "top_k": 20,
+    "presence_penalty": 0, "repetition_penalty": 1,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,9 @@ class RunConfig:
     tools_file: str | None = None  # a JSON file of them (--tools FILE)
     tool_choice: str | Mapping[str, Any] | None = None
     response_format: Mapping[str, Any] | None = None  # {"type": "json_object"} or json_schema
+    schema: Mapping[str, Any] | None = None  # answers must validate (else: response_format's)
+    schema_file: str | None = None  # a JSON file holding that schema (read into `schema`)
+    max_validation_retries: int = 2  # asks again, quoting the error, this many times a row
     prompt_template: str | None = None  # "{column}" placeholders filled from each row
     system_prompt: str | None = None
     checkpoint: str | None = None
@@ -169,6 +169,10 @@ class RunConfig:
             body.pop(key, None)
         return body
 
+    def answer_schema(self) -> dict[str, Any] | None:
+        """What every answer must match (validation.schema_of); None: no validation."""
+        return schema_of(self.schema, None, self.response_format)
+
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain data for the checkpoint and logs (never holds the key)."""
         data = dataclasses.asdict(self)
@@ -228,7 +232,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return _relative_to(path.parent, data)
 
 
-PATH_KEYS = ("inputs", "output", "checkpoint", "tools_file", "reuse", "log_json")
+PATH_KEYS = ("inputs", "output", "checkpoint", "tools_file", "schema_file", "reuse", "log_json")
 
 
 def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +334,10 @@ def build_config_from(layers: Sequence[tuple[Mapping[str, Any], Source]]) -> Run
         checked["tools"] = load_tools_file(
             origin["tools_file"].key("tools_file"), checked["tools_file"]
         )
+    if checked.get("schema_file"):
+        other = origin["schema"].key("schema") if checked.get("schema") is not None else None
+        label = origin["schema_file"].key("schema_file")
+        checked["schema"] = load_schema_file(label, checked["schema_file"], other)
     cfg = RunConfig(**checked)
     _check_consistency(cfg, _Labels(origin, param_origin))
     return cfg

@@ -231,6 +231,24 @@ def _response_format(key: str, value: Any) -> Mapping[str, Any]:
     return value
 
 
+def _schema(key: str, value: Any) -> Mapping[str, Any] | None:
+    """A JSON Schema (a table in TOML), checked as one."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a JSON Schema (a table), got {value!r}")
+    from .validation import check_schema
+
+    check_schema(key, value)
+    return dict(value)
+
+
+def _non_negative_whole(key: str, value: Any) -> int:
+    if not _is_int(value) or value < 0:
+        raise ConfigError(f"{key} must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
 def _template(key: str, value: Any) -> str:
     from .templates import Template  # parsing checks the placeholders now, not per row
 
@@ -298,6 +316,9 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "tools_file": _optional_string,
     "tool_choice": _tool_choice,
     "response_format": _response_format,
+    "schema": _schema,
+    "schema_file": _optional_string,
+    "max_validation_retries": _non_negative_whole,
     "prompt_template": _template,
     "system_prompt": _template,
     "checkpoint": _optional_string,

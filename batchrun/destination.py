@@ -23,6 +23,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .paths import CHECKPOINT_SUFFIX
 from .results import remove, write_openai_jsonl, write_output
+from .validation import schema_of
 
 OUTPUT_FORMATS = ("parquet", "openai-jsonl", "both")
 SUCCESS_MARKER = "_SUCCESS"
@@ -37,6 +38,7 @@ class OutputSettings:
     extract: tuple[str, ...] = ()
     output_partition_rows: int | None = None
     endpoint_url: str | None = None
+    validated: bool = False  # answers checked against a schema: the validation columns
 
 
 def output_settings(cfg: RunConfig) -> OutputSettings:
@@ -46,6 +48,7 @@ def output_settings(cfg: RunConfig) -> OutputSettings:
         extract=cfg.extract,
         output_partition_rows=cfg.output_partition_rows,
         endpoint_url=cfg.endpoint_url,
+        validated=cfg.answer_schema() is not None,
     )
 
 
@@ -90,6 +93,7 @@ def _write(checkpoint: CheckpointReader, path: Path, kind: str, settings: Output
         parse_json=settings.parse_json,
         extract=settings.extract,
         part_rows=settings.output_partition_rows,
+        validated=settings.validated,
     )
     return parse_errors
 
@@ -134,6 +138,8 @@ def export(
             extract=tuple(stored.get("extract") or ()),
             output_partition_rows=None if one_file else stored.get("output_partition_rows"),
             endpoint_url=stored.get("endpoint_url"),
+            validated=schema_of(stored.get("schema"), None, stored.get("response_format"))
+            is not None,
         )
         _refuse_the_checkpoint(checkpoint, output_paths(output, settings.output_format).values())
         from .preflight import check_output_location

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .budget import BudgetSpent, CostGuard
 from .client import Answer, EndpointClient
@@ -34,6 +34,7 @@ from .records import Completion
 from .responses import parse_completion
 from .retry import Action, Decision, History, RetryPolicy, decide
 from .stop import StopSignal
+from .validation import INVALID_ANSWER, AnswerCheck, with_feedback
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Engine:
         self.policy = RetryPolicy.from_config(cfg)
         self.builder = BodyBuilder(cfg.body_template())
         self.submit_slots = asyncio.Semaphore(cfg.concurrency)
+        schema = cfg.answer_schema()
+        self.check = AnswerCheck(schema, cfg.max_validation_retries) if schema else None
         self.poller = Poller(
             parts.client, min_interval=cfg.min_poll_interval, max_time=cfg.max_poll_time,
             policy=self.policy, stop=parts.stop, clock=parts.clock, monitor=parts.monitor,
@@ -108,7 +111,10 @@ class Engine:
                 return
             self.costs.settle(item, outcome.completion)
             self._settle_rate(reservation, outcome.completion)
-            self._finish(item, outcome)
+            checked = self._checked(item, outcome)
+            if checked is None:
+                continue  # the answer failed the schema: asked again, with what was wrong
+            self._finish(item, checked)
             return
 
     async def _exchange(self, item: WorkItem) -> tuple[Answer, Reservation | None]:
@@ -171,6 +177,27 @@ class Engine:
             status_code=200,
             latency_s=self._latency(item),
             raw=raw,
+        )
+
+    def _checked(self, item: WorkItem, outcome: Outcome) -> Outcome | None:
+        """The outcome, once the answer matches the job's schema; None when it does not and
+        the row is to be asked again; a failure when its retries are spent."""
+        check = self.check
+        if check is None or outcome.state is not RowState.DONE:
+            return outcome
+        problem = check.problem(outcome.completion.content)
+        if problem is None:
+            return outcome
+        if item.rejected < check.max_retries:
+            messages = with_feedback(item.messages, outcome.completion.content, problem)
+            self.rows.reject(item, outcome.completion, problem, messages)
+            self.monitor.answer_rejected(item, problem, outcome.completion)
+            return None
+        return replace(
+            outcome,
+            state=RowState.FAILED,
+            error=f"{INVALID_ANSWER}: {problem}",
+            cause=INVALID_ANSWER,
         )
 
     # ---- after an error: what retry.decide says

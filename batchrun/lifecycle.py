@@ -10,6 +10,8 @@ records each transition. Pure: no I/O, no clock.
     polling ──located──▶ fetched               (a 302 to a poll)
     polling ──forgotten──▶ inflight            (the id expired or was spent: buy again)
     fetched ──forgotten──▶ inflight            (the stored link is dead: buy again)
+    inflight ──rejected──▶ inflight           (the answer failed its schema: ask again)
+    fetched ──rejected──▶ inflight            (a polled answer that failed its schema)
     inflight ──finished──▶ done | failed
     fetched ──finished──▶ done | failed
     polling ──finished──▶ failed               (never done: a polled answer is stored first)
@@ -79,6 +81,7 @@ class WorkItem:
     request_id: str | None = None  # a 202's NVCF-REQID still to poll
     fetched: str | None = None  # raw consume-once answer stored before a crash
     location: str | None = None  # a 302's download URL stored before a crash
+    rejected: int = 0  # answers that failed the job's schema: each one retried with feedback
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,19 @@ class Forgotten:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejected:
+    """The answer failed the job's schema: the row is to be sent again with `messages`, its
+    conversation extended by that answer and what was wrong with it. The answer's tokens were
+    bought, so they are counted; `rejected` answers so far, the last failing with `error`."""
+
+    idx: int
+    rejected: int
+    error: str
+    messages: str
+    completion: Completion
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The row's final outcome, with what it took over all runs."""
 
@@ -150,9 +166,9 @@ class Finished:
     finished_at: float
 
 
-Transition = Submitted | Accepted | Fetched | Located | Forgotten | Finished
+Transition = Submitted | Accepted | Fetched | Located | Forgotten | Rejected | Finished
 TRANSITIONS: tuple[type[Transition], ...] = (
-    Submitted, Accepted, Fetched, Located, Forgotten, Finished
+    Submitted, Accepted, Fetched, Located, Forgotten, Rejected, Finished
 )  # fmt: skip
 
 
@@ -169,6 +185,8 @@ EDGES: frozenset[tuple[RowState, type[Transition], RowState]] = frozenset(
         (_S.POLLING, Located, _S.FETCHED),
         (_S.POLLING, Forgotten, _S.INFLIGHT),
         (_S.FETCHED, Forgotten, _S.INFLIGHT),
+        (_S.INFLIGHT, Rejected, _S.INFLIGHT),
+        (_S.FETCHED, Rejected, _S.INFLIGHT),
         (_S.INFLIGHT, Finished, _S.DONE),
         (_S.INFLIGHT, Finished, _S.FAILED),
         (_S.FETCHED, Finished, _S.DONE),
@@ -202,6 +220,8 @@ class Sink(Protocol):
 
     def forgotten(self, change: Forgotten) -> None: ...
 
+    def rejected(self, change: Rejected) -> None: ...
+
     def finished(self, change: Finished) -> None: ...
 
 
@@ -232,6 +252,9 @@ class BatchingSink:
         await self._now(change)
 
     def forgotten(self, change: Forgotten) -> None:
+        self._later(change)
+
+    def rejected(self, change: Rejected) -> None:
         self._later(change)
 
     def finished(self, change: Finished) -> None:
@@ -273,6 +296,13 @@ class Lifecycle:
         _move(item, Forgotten, RowState.INFLIGHT)
         item.request_id = item.fetched = item.location = None
         self.sink.forgotten(Forgotten(item.idx))
+
+    def reject(self, item: WorkItem, answer: Completion, error: str, messages: str) -> None:
+        _move(item, Rejected, RowState.INFLIGHT)
+        item.rejected += 1
+        item.messages = messages
+        item.request_id = item.fetched = item.location = None
+        self.sink.rejected(Rejected(item.idx, item.rejected, error, messages, answer))
 
     def finish(self, item: WorkItem, outcome: Outcome, now: float) -> None:
         _move(item, Finished, outcome.state)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from .errors import BatchrunError, EndpointError, JobStopped, cause_of
 from .lifecycle import Outcome, RowState, WorkItem
+from .records import Completion
 
 
 class EventSink(Protocol):
@@ -32,6 +33,7 @@ class RunStats:
     accepted: int = 0  # 202s received
     rebuys: int = 0  # rows sent again because their request id had expired
     retries: int = 0
+    rejected: int = 0  # answers that failed the job's schema (each asked again)
     rate_limited: int = 0
     in_flight: int = 0
     pending_ids: int = 0
@@ -51,7 +53,7 @@ class RunStats:
 # Counters a Ray worker reports back to the driver (the rest are the driver's own).
 WORKER_COUNTERS = (
     "ok", "failed", "submissions", "polls", "accepted", "rebuys", "retries", "rate_limited",
-    "prompt_tokens", "completion_tokens", "no_usage",
+    "prompt_tokens", "completion_tokens", "no_usage", "rejected",
 )  # fmt: skip
 
 
@@ -98,6 +100,13 @@ class Monitor:
             "retry", id=item.row_id, attempt=tries, cause=cause_of(error), error=str(error),
             wait_s=wait,
         )  # fmt: skip
+
+    def answer_rejected(self, item: WorkItem, problem: str, answer: Completion) -> None:
+        """An answer failed the schema; the row is asked again, quoting `problem`."""
+        self.stats.rejected += 1
+        self.stats.prompt_tokens += answer.prompt_tokens or 0
+        self.stats.completion_tokens += answer.completion_tokens or 0
+        self._emit("answer_rejected", id=item.row_id, rejected=item.rejected, error=problem)
 
     def rebuying(self) -> None:
         self.stats.rebuys += 1

@@ -28,11 +28,12 @@ from pyarrow.lib import StringBuilder
 
 from . import codec
 from .checkpoint import CheckpointReader, ResultPage, ReusedAnswer
-from .columns import BASE_COLUMNS, PARSED_COLUMNS, ColumnKinds
+from .columns import BASE_COLUMNS, PARSED_COLUMNS, VALIDATION_COLUMNS, ColumnKinds
 from .errors import BatchrunError, ConfigError
 from .faults import crash_point
 from .lifecycle import OUTPUT_STATUS, RowState
 from .parsing import extract_fields, parse_answer
+from .validation import output_cells
 
 STRING_ARRAY_BYTES = 2**31 - 1  # Arrow's limit for one string array (int32 offsets)
 
@@ -118,6 +119,7 @@ def _page_table(
     schema: pa.Schema,
     extra: list[list[str]],
     derived: Derived | None,
+    validated: bool = False,
 ) -> pa.Table:
     """One page as an Arrow table, built column by column, each by _arrow_column."""
     columns = _base_columns(page)
@@ -128,6 +130,8 @@ def _page_table(
     if derived is not None:
         cells = map(derived.values, page.state, page.content)
         columns.extend(zip(*cells, strict=True))
+    if validated:
+        columns.extend(output_cells(page.state, page.rejected, page.rejected_error, page.error))
     arrays = [_arrow_column(c, f.type) for c, f in zip(columns, schema, strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
 
@@ -182,6 +186,7 @@ def write_output(
     parse_json: bool = False,
     extract: tuple[str, ...] = (),
     part_rows: int | None = None,
+    validated: bool = False,
 ) -> tuple[int, int]:
     """Write every row of the checkpoint to `path` atomically: one Parquet file, or with
     `part_rows` a folder of part-NNNNN.parquet files of that many rows, in input order.
@@ -191,11 +196,12 @@ def write_output(
     if parse_json or extract:
         taken = {f.name for f in BASE_FIELDS} | {name for name, _ in extra}
         derived = Derived(checkpoint, extract, taken)
-    schema = output_schema(extra + (derived.columns() if derived else []))
+    checked = [list(c) for c in VALIDATION_COLUMNS] if validated else []
+    schema = output_schema(extra + (derived.columns() if derived else []) + checked)
     # Small pages from SQLite (their Python objects are the memory peak of the write),
     # gathered as Arrow tables into row groups of `group_rows`.
     tables = (
-        _page_table(page, schema, extra, derived)
+        _page_table(page, schema, extra, derived, validated)
         for page in checkpoint.result_pages(page=page_rows)
     )
     path.parent.mkdir(parents=True, exist_ok=True)

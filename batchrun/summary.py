@@ -110,6 +110,11 @@ def format_summary(
         f"  wall time {result.wall_s:.1f}s"
         + (f", {stats.finished / result.wall_s:.1f} rows/s" if result.wall_s > 0 else ""),
     ]
+    if stats.rejected:
+        lines.append(
+            f"  {stats.rejected} answers did not match the schema and were asked again "
+            "(their tokens are counted)"
+        )
     if stats.reused:
         lines.append(f"  {stats.reused} rows answered from --reuse (not bought again)")
     if stats.not_cached:

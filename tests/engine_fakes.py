@@ -36,6 +36,7 @@ from batchrun.lifecycle import (
     Finished,
     Forgotten,
     Located,
+    Rejected,
     RowState,
     Sink,
     Submitted,
@@ -323,7 +324,7 @@ class RowView:
 
 def target_of(change: Transition) -> RowState:
     """The state a transition takes its row to."""
-    if isinstance(change, Submitted | Forgotten):
+    if isinstance(change, Submitted | Forgotten | Rejected):
         return RowState.INFLIGHT
     if isinstance(change, Accepted):
         return RowState.POLLING
@@ -450,6 +451,12 @@ class FakeSink:
         row.request_id = row.fetched = row.location = None
         if self.forward is not None:
             self.forward.forgotten(change)
+
+    def rejected(self, change: Rejected) -> None:
+        row = self._record(change)
+        row.request_id = row.fetched = row.location = None
+        if self.forward is not None:
+            self.forward.rejected(change)
 
     def finished(self, change: Finished) -> None:
         row = self._record(change)

@@ -26,6 +26,7 @@ from batchrun.lifecycle import (
     Finished,
     Forgotten,
     Located,
+    Rejected,
     RowState,
     Submitted,
     WorkItem,
@@ -51,6 +52,8 @@ from .engine_fakes import (
 S = RowState
 URL = "https://nvcf-results.s3.amazonaws.com/r.zip"
 ARCHIVE = zip_with("r.response", completion_body())
+LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
+LABELLED = completion_body('{"label": "positive"}')
 
 
 def broken(call: Call) -> Reply:
@@ -139,6 +142,18 @@ SCENARIOS = [
         item=missing_image(),
     ),
     Scenario(
+        "an answer off the schema: asked again",
+        lambda: Script(ok(body=completion_body('{"label": 0}')), ok(body=LABELLED)),
+        {(S.INFLIGHT, Rejected, S.INFLIGHT)},
+        settings={"schema": LABEL},
+    ),
+    Scenario(
+        "a polled answer off the schema: asked again",
+        lambda: Script(accepted("r"), ok("r", body=completion_body("no JSON")), ok(body=LABELLED)),
+        {(S.FETCHED, Rejected, S.INFLIGHT)},
+        settings={"schema": LABEL},
+    ),
+    Scenario(
         "a poll that keeps failing, then the answer",
         lambda: Script(accepted("r"), TransportError("dropped"), ok("r")),
         set(),
@@ -216,7 +231,9 @@ def test_the_diagram_parser_reads_what_it_should() -> None:
 
 
 def test_the_lifecycle_diagram_names_exactly_the_moves_in_edges() -> None:
-    assert set(MOVE) == {"submitted", "accepted", "fetched", "located", "forgotten", "finished"}
+    assert set(MOVE) == {
+        "submitted", "accepted", "fetched", "located", "forgotten", "rejected", "finished"
+    }  # fmt: skip
     drawn = diagram_edges(lifecycle.__doc__ or "")
     assert drawn - EDGES == set(), "drawn but not in EDGES"
     assert EDGES - drawn == set(), "in EDGES but not drawn"

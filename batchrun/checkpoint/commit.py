@@ -23,6 +23,7 @@ from batchrun.lifecycle import (
     Finished,
     Forgotten,
     Located,
+    Rejected,
     RowState,
     Submitted,
     Transition,
@@ -46,6 +47,8 @@ class RowChange:
     finished: Finished | None = None  # the row's end: its result replaces its `live` row
     # Sent for the first time ever in this batch: no `live` row of it exists yet.
     first_sent: bool = False
+    rejected: Rejected | None = None  # its latest answer that failed the schema
+    rejected_tokens: tuple[int, int, int] = (0, 0, 0)  # every such answer's, this batch
 
     def add(self, change: Transition) -> None:
         if isinstance(change, Submitted):
@@ -64,6 +67,16 @@ class RowChange:
         elif isinstance(change, Forgotten):
             self.state = RowState.INFLIGHT
             self.live.update(request_id=None, location=None, answer=None)
+        elif isinstance(change, Rejected):
+            self.state = RowState.INFLIGHT
+            self.live.update(request_id=None, location=None, answer=None)
+            self.rejected = change
+            c, (p, k, t) = change.completion, self.rejected_tokens
+            self.rejected_tokens = (
+                p + (c.prompt_tokens or 0),
+                k + (c.completion_tokens or 0),
+                t + (c.total_tokens or 0),
+            )
         else:
             self.state = change.outcome.state
             self.finished = change
@@ -114,6 +127,9 @@ class Commit:
                 conn.execute(_DELETE_LIVE, (codec.dumps(had_live),))
             for code, idxs in by_state.items():
                 conn.execute(_SET_STATE, (code, codec.dumps(idxs)))
+            rejected = [r for r in self.rows.values() if r.rejected is not None]
+            if rejected:
+                _write_rejections(conn, rejected)
             _add_totals(conn, [f for _, f in finished], self.submissions)
             crash_point("commit")
             conn.execute("COMMIT")
@@ -157,6 +173,32 @@ def _add_totals(conn: Any, finished: list[Finished], submissions: int) -> None:
         "attempts = attempts + ?, bought_prompt_tokens = bought_prompt_tokens + ?, "
         "bought_completion_tokens = bought_completion_tokens + ?",
         (prompt, completion, total, submissions, prompt, completion),
+    )
+
+
+def _write_rejections(conn: Any, rows: list[RowChange]) -> None:
+    """Each rejected row's conversation so far and count (what a resume sends next), and
+    the rejected answers' tokens: bought, so counted and priced like any answer's."""
+    values = [
+        (r.rejected.idx, r.rejected.rejected, r.rejected.error, r.rejected.messages)
+        for r in rows
+        if r.rejected is not None
+    ]
+    conn.executemany(
+        "INSERT INTO validations (idx, rejected, error, messages) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (idx) DO UPDATE SET rejected = excluded.rejected, "
+        "error = excluded.error, messages = excluded.messages",
+        values,
+    )
+    prompt = sum(r.rejected_tokens[0] for r in rows)
+    completion = sum(r.rejected_tokens[1] for r in rows)
+    total = sum(r.rejected_tokens[2] for r in rows)
+    conn.execute(
+        "UPDATE totals SET prompt_tokens = prompt_tokens + ?, "
+        "completion_tokens = completion_tokens + ?, total_tokens = total_tokens + ?, "
+        "bought_prompt_tokens = bought_prompt_tokens + ?, "
+        "bought_completion_tokens = bought_completion_tokens + ?",
+        (prompt, completion, total, prompt, completion),
     )
 
 

@@ -75,6 +75,8 @@ class ResultPage:
     extra: list[str | None]  # passthrough values: a JSON array, meta extra_columns order
     status_code: list[int | None]
     body: list[str | None]  # a failure's error body, or a kept answer body
+    rejected: list[int | None]  # answers that failed the job's schema (None: none did)
+    rejected_error: list[str | None]  # what was wrong with the last of them
 
     def __len__(self) -> int:
         return len(self.idx)

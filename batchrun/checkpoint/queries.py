@@ -52,15 +52,19 @@ _RESULT_SQL = (
     "r.finish_reason, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.model, "
     "coalesce(r.request_id, l.request_id), coalesce(r.attempts, l.attempts, 0), r.latency_s, "
     "r.ttft_s, coalesce(r.error, items.error), coalesce(r.reused, 0), items.request_hash, "
-    "items.extra, r.status_code, r.body "
+    "items.extra, r.status_code, r.body, v.rejected, v.error "
     "FROM items LEFT JOIN results AS r ON r.idx = items.idx "
     "LEFT JOIN live AS l ON l.idx = items.idx "
+    "LEFT JOIN validations AS v ON v.idx = items.idx "
     "WHERE items.idx > ? AND items.idx < ? ORDER BY items.idx LIMIT ?"
 )
+# A row some answers of which failed the schema is sent again with its conversation so far.
 _WORK_SQL = (
-    "SELECT items.idx, items.row_id, items.state, items.messages, items.overrides, items.extra, "
-    "items.est_tokens, l.attempts, l.first_submit_at, l.request_id, l.answer, l.location "
+    "SELECT items.idx, items.row_id, items.state, coalesce(v.messages, items.messages), "
+    "items.overrides, items.extra, items.est_tokens, l.attempts, l.first_submit_at, "
+    "l.request_id, l.answer, l.location, coalesce(v.rejected, 0) "
     "FROM items LEFT JOIN live AS l ON l.idx = items.idx "
+    "LEFT JOIN validations AS v ON v.idx = items.idx "
     f"WHERE {OPEN} AND items.state IN ({{states}}) AND items.idx > ? AND items.idx < ? "
     "ORDER BY items.idx LIMIT ?"
 )
@@ -267,7 +271,9 @@ class CheckpointReader:
     # ---- decoding
 
     def _work_item(self, row: Sequence[Any]) -> WorkItem:
-        idx, row_id, state, messages, overrides, extra, est, attempts, first, rid, answer, loc = row
+        idx, row_id, state, messages, overrides, extra, est, attempts, first, rid, answer, loc = (
+            row[:12]
+        )
         return WorkItem(
             idx=idx,
             row_id=row_id,
@@ -280,6 +286,7 @@ class CheckpointReader:
             request_id=rid,
             fetched=answer,
             location=loc,
+            rejected=row[12],
         )
 
     def _rebuild(self, extra: str | None) -> str:

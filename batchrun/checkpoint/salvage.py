@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 # Tables copied, in this order (names before results, whose columns point into it).
 # `migrations` is the new file's own.
-TABLES = ("meta", "names", "totals", "runs", "assets", "items", "live", "results")
+TABLES = (
+    "meta", "names", "totals", "runs", "assets", "items", "live", "results", "validations"
+)  # fmt: skip
 _DONE = STATE_CODES[RowState.DONE]
 _FAILED = STATE_CODES[RowState.FAILED]
 _PENDING = STATE_CODES[RowState.PENDING]

@@ -222,10 +222,28 @@ def _m003_runs(conn: sqlite3.Connection) -> None:
     run_script(conn, RUNS)
 
 
+VALIDATIONS = """
+CREATE TABLE validations (
+    idx INTEGER PRIMARY KEY,
+    rejected INTEGER NOT NULL,
+    error TEXT,
+    messages TEXT
+);
+"""
+
+
+def _m004_validations(conn: sqlite3.Connection) -> None:
+    """Schema 4: `validations`, one row for each row an answer of failed the job's schema:
+    how many did, the last one's error, and the conversation its retry sends (the row's
+    messages, each rejected answer and the feedback on it), so a resume goes on from there."""
+    run_script(conn, VALIDATIONS)
+
+
 MIGRATIONS = (
     Migration(1, "m001_initial", _m001_initial),
     Migration(2, "m002_compact_ledger", _m002_compact_ledger),
     Migration(3, "m003_runs", _m003_runs),
+    Migration(4, "m004_validations", _m004_validations),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

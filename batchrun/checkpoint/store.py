@@ -242,20 +242,18 @@ class Checkpoint(CheckpointReader):
     def _forget_results(self, chosen: str) -> None:
         """Take rows' results out of `totals` and the ledger (their attempts stay counted:
         they move to `live`)."""
+        # Tokens bought stay bought (a failed row's answer that missed its schema was paid
+        # for), and a retried row asks afresh: its conversation of rejected answers goes.
         self._conn.execute(
             "UPDATE totals SET "
             "prompt_tokens = prompt_tokens - s.p, completion_tokens = completion_tokens - s.c, "
-            "total_tokens = total_tokens - s.t, reused = reused - s.r, "
-            "bought_prompt_tokens = bought_prompt_tokens - s.bp, "
-            "bought_completion_tokens = bought_completion_tokens - s.bc "
+            "total_tokens = total_tokens - s.t, reused = reused - s.r "
             "FROM (SELECT coalesce(sum(prompt_tokens), 0) AS p, "
             "coalesce(sum(completion_tokens), 0) AS c, coalesce(sum(total_tokens), 0) AS t, "
-            "coalesce(sum(reused), 0) AS r, "
-            "coalesce(sum(CASE WHEN reused THEN 0 ELSE prompt_tokens END), 0) AS bp, "
-            "coalesce(sum(CASE WHEN reused THEN 0 ELSE completion_tokens END), 0) AS bc "
-            f"FROM results WHERE {chosen}) AS s"
+            f"coalesce(sum(reused), 0) AS r FROM results WHERE {chosen}) AS s"
         )
         self._conn.execute(f"DELETE FROM results WHERE {chosen}")
+        self._conn.execute(f"DELETE FROM validations WHERE {chosen}")
 
     def reuse_from_checkpoint(self, source: Path, *, keep_bodies: bool = False) -> int:
         """Answer pending rows from an earlier checkpoint's done rows; returns rows answered."""

@@ -3,8 +3,9 @@
 The content is "Answer to: <last user message>", so a test can check that every row got the
 answer to its own prompt; with `response_format` JSON it is a JSON object carrying a sentiment
 label from a small word list (enough to score a labelling sweep). Thinking requests get
-reasoning text in the configured field; offered tools the prompt names are called. Usage
-counts words. Pure functions: no HTTP, no clock, no endpoint state.
+reasoning text in the configured field; offered tools the prompt names are called;
+`[mock:offschemaxN]` makes the first N JSON answers miss the tests' schemas. Usage counts
+words. Pure functions: no HTTP, no clock, no endpoint state.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ def _content(prompt: str, body: dict[str, Any], media: list[str], *, json_fence:
     if media:
         content += f" [images: {', '.join(media)}]"
     if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
-        content = json.dumps({"label": sentiment(prompt), "answer": content})
+        label: Any = sentiment(prompt)
+        if _off_schema(prompt, body.get("messages") or []):
+            label = 0  # a number where every schema in the tests wants a word
+        content = json.dumps({"label": label, "answer": content})
         if json_fence:
             content = f"Here is the JSON:\n```json\n{content}\n```"
     return content
@@ -98,10 +102,30 @@ def _usage(body: dict[str, Any], content: str, reasoning: str | None) -> dict[st
     }
 
 
+# `[mock:offschemaxN]` in a prompt: its first N JSON answers carry a numeric label. Told
+# by the assistant turns already in the conversation (batchrun's validation retries carry
+# them), so it needs no state and survives a resume.
+OFF_SCHEMA = re.compile(r"\[mock:offschema(?:x(\d+))?\]")
+# The user turn batchrun adds after an answer that failed the schema (validation.FEEDBACK):
+# not a new question, so the answer still answers the row's prompt.
+FEEDBACK_START = "Your answer did not match the required JSON schema"
+
+
+def _off_schema(prompt: str, messages: list[Any]) -> bool:
+    match = OFF_SCHEMA.search(prompt)
+    if match is None:
+        return False
+    answered = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+    return answered < int(match.group(1) or 1)
+
+
 def last_user_text(messages: list[Any]) -> str:
-    """The text of the last user message (text parts joined): what the answer answers."""
+    """The text of the last user message (text parts joined): what the answer answers.
+    batchrun's validation feedback is skipped: the answer is still to the row's prompt."""
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
+            if str(message.get("content", "")).startswith(FEEDBACK_START):
+                continue
             content = message.get("content")
             if isinstance(content, str):
                 return content

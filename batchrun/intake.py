@@ -196,7 +196,11 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
         checkpoint.close()  # a first run that died while reading inputs: nothing was sent
     digests, stats = input_digests(files)
     identity = cfg.identity(digests)
-    checkpoint = Checkpoint.create(path)
+    try:
+        checkpoint = Checkpoint.create(path)
+    except BaseException:  # a disk that fills while the tables are made: no half a file
+        remove_checkpoint(path)
+        raise
     try:
         checkpoint.set_meta("fingerprint", fingerprint(identity))
         checkpoint.set_json("identity", identity)

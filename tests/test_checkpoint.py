@@ -224,14 +224,15 @@ def test_create_then_open_round_trip(ckpt: Path) -> None:
 
 def test_a_new_checkpoint_is_made_by_the_migrations(checkpoint: Checkpoint, ckpt: Path) -> None:
     assert SCHEMA_VERSION == schema.MIGRATIONS[-1].version == 4
-    assert [m.version for m in schema.MIGRATIONS] == [1, 2, 3]
+    assert [m.version for m in schema.MIGRATIONS] == [1, 2, 3, 4]
     recorded = peek(ckpt, "SELECT version, name FROM migrations ORDER BY version")
     assert recorded == [(m.version, m.name) for m in schema.MIGRATIONS]
     assert peek(ckpt, "PRAGMA application_id") == [(schema.APP_ID,)]
     assert checkpoint.get_meta("migration") is None  # schema 1's marker, gone with it
     tables = {name for (name,) in peek(ckpt, "SELECT name FROM sqlite_master WHERE type='table'")}
     expected = {
-        "items", "live", "results", "names", "totals", "meta", "assets", "migrations", "runs"
+        "items", "live", "results", "names", "totals", "meta", "assets", "migrations", "runs",
+        "validations",
     }  # fmt: skip
     assert tables == expected
     assert checkpoint.totals() == Totals()
@@ -518,7 +519,10 @@ def test_prepare_resume_retry_failed_makes_failed_rows_pending(ckpt: Path) -> No
         assert rows["r2"]["error"] == "in.jsonl:3: no prompt"
         assert c.failure_causes() == []
         totals = c.totals()
-        assert (totals.prompt_tokens, totals.attempts) == (1, 5)  # attempts stay counted
+        # Attempts stay counted, and so do the tokens the failed answer bought (set aside
+        # in `validations`, so the totals still sum afresh from the ledger).
+        assert (totals.prompt_tokens, totals.attempts) == (8, 5)
+        assert totals.bought_prompt_tokens == 8
     finally:
         c.close()
     assert_totals_kept(ckpt)

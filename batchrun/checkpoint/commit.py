@@ -178,16 +178,27 @@ def _add_totals(conn: Any, finished: list[Finished], submissions: int) -> None:
 
 def _write_rejections(conn: Any, rows: list[RowChange]) -> None:
     """Each rejected row's conversation so far and count (what a resume sends next), and
-    the rejected answers' tokens: bought, so counted and priced like any answer's."""
+    the rejected answers' tokens: bought, so counted and priced like any answer's (kept in
+    `validations` too, so totals can be summed afresh: setaside.py)."""
     values = [
-        (r.rejected.idx, r.rejected.rejected, r.rejected.error, r.rejected.messages)
+        (
+            r.rejected.idx,
+            r.rejected.rejected,
+            r.rejected.error,
+            r.rejected.messages,
+            *r.rejected_tokens,
+        )
         for r in rows
         if r.rejected is not None
     ]
     conn.executemany(
-        "INSERT INTO validations (idx, rejected, error, messages) VALUES (?, ?, ?, ?) "
+        "INSERT INTO validations (idx, rejected, error, messages, prompt_tokens, "
+        "completion_tokens, total_tokens) VALUES (?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (idx) DO UPDATE SET rejected = excluded.rejected, "
-        "error = excluded.error, messages = excluded.messages",
+        "error = excluded.error, messages = excluded.messages, "
+        "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+        "completion_tokens = completion_tokens + excluded.completion_tokens, "
+        "total_tokens = total_tokens + excluded.total_tokens",
         values,
     )
     prompt = sum(r.rejected_tokens[0] for r in rows)

@@ -61,7 +61,8 @@ _SOURCES = {
         "AND i.request_hash IS NOT NULL"
     ),
 }
-_SOURCES[3] = _SOURCES[2]  # schema 3 added the runs table; answers are where 2 keeps them
+# Schema 3 added the runs table, 4 validations; answers are where 2 keeps them.
+_SOURCES[3] = _SOURCES[4] = _SOURCES[2]
 
 
 def from_checkpoint(conn: sqlite3.Connection, source: Path, keep_bodies: bool) -> int:

@@ -23,6 +23,8 @@ pages stay full instead of splitting as rows grow:
 - `totals`: token and request sums, kept by every write, so a resume or `status` never
   sums a table.
 - `runs` (schema 3): each run of the job, when it started and ended, and how.
+- `validations` (schema 4): rows an answer of which failed the job's schema: how many did,
+  the last error, the conversation a retry sends, and the tokens set aside (setaside.py).
 - `meta` (key/value), `assets` (NVCF asset ids by file sha256), `migrations`.
 
 The partial index `items_open` holds every row not done: resuming, dispatching and counting
@@ -31,6 +33,7 @@ read only those, so start-up does not grow with the rows already finished.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -227,15 +230,19 @@ CREATE TABLE validations (
     idx INTEGER PRIMARY KEY,
     rejected INTEGER NOT NULL,
     error TEXT,
-    messages TEXT
+    messages TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0
 );
 """
 
 
 def _m004_validations(conn: sqlite3.Connection) -> None:
-    """Schema 4: `validations`, one row for each row an answer of failed the job's schema:
-    how many did, the last one's error, and the conversation its retry sends (the row's
-    messages, each rejected answer and the feedback on it), so a resume goes on from there."""
+    """Schema 4: `validations`, one row for each row an answer of which failed the job's
+    schema: how many did, the last one's error, and the conversation its retry sends (the
+    row's messages, each rejected answer and the feedback on it), so a resume goes on from
+    there; and the tokens those answers bought (setaside.py)."""
     run_script(conn, VALIDATIONS)
 
 
@@ -290,7 +297,11 @@ def migrate(
                 _record(conn, migration)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A full disk has SQLite roll back on its own: a second ROLLBACK would raise over
+            # the error that matters (the caller names a full disk as such).
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
     return before
 

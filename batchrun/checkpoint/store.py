@@ -24,6 +24,7 @@ from .damage import check_header, damage_error
 from .locate import SQLITE_MAGIC, starts_with
 from .queries import NO_LIMIT, CheckpointReader
 from .schema import APP_ID, OPEN, STATE_CODES, connect, migrate
+from .setaside import add_set_aside_to_totals, set_aside_results
 from .values import encode_extra
 
 log = logging.getLogger(__name__)
@@ -232,28 +233,12 @@ class Checkpoint(CheckpointReader):
             f"SELECT idx, attempts, first_submit_at FROM results WHERE {chosen} "
             "AND attempts > 0"
         )
-        self._forget_results(chosen)
+        set_aside_results(conn, chosen)  # the result goes; what it bought stays counted
         n = conn.execute(
             f"UPDATE items SET state = ? WHERE {chosen}", (_CODE[RowState.PENDING],)
         ).rowcount
         conn.execute("DELETE FROM temp.again")
         return int(n)
-
-    def _forget_results(self, chosen: str) -> None:
-        """Take rows' results out of `totals` and the ledger (their attempts stay counted:
-        they move to `live`)."""
-        # Tokens bought stay bought (a failed row's answer that missed its schema was paid
-        # for), and a retried row asks afresh: its conversation of rejected answers goes.
-        self._conn.execute(
-            "UPDATE totals SET "
-            "prompt_tokens = prompt_tokens - s.p, completion_tokens = completion_tokens - s.c, "
-            "total_tokens = total_tokens - s.t, reused = reused - s.r "
-            "FROM (SELECT coalesce(sum(prompt_tokens), 0) AS p, "
-            "coalesce(sum(completion_tokens), 0) AS c, coalesce(sum(total_tokens), 0) AS t, "
-            f"coalesce(sum(reused), 0) AS r FROM results WHERE {chosen}) AS s"
-        )
-        self._conn.execute(f"DELETE FROM results WHERE {chosen}")
-        self._conn.execute(f"DELETE FROM validations WHERE {chosen}")
 
     def reuse_from_checkpoint(self, source: Path, *, keep_bodies: bool = False) -> int:
         """Answer pending rows from an earlier checkpoint's done rows; returns rows answered."""
@@ -318,6 +303,7 @@ def recount_totals_sql(conn: sqlite3.Connection) -> None:
         "coalesce(sum(CASE WHEN reused THEN 0 ELSE prompt_tokens END), 0), "
         "coalesce(sum(CASE WHEN reused THEN 0 ELSE completion_tokens END), 0) FROM results"
     )
+    add_set_aside_to_totals(conn)
     conn.execute("COMMIT")
 
 

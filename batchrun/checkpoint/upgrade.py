@@ -17,6 +17,7 @@ from batchrun import codec
 from batchrun.lifecycle import RowState
 
 from .schema import ITEMS, LIVE, RESULTS, STATE_CODES, TOTALS, run_script
+from .setaside import add_set_aside_to_totals
 from .values import encode_extra, encode_request_id
 
 _OPEN_V1 = "('inflight', 'polling', 'fetched')"
@@ -60,6 +61,7 @@ def recount_totals(conn: sqlite3.Connection) -> None:
         "coalesce(sum(CASE WHEN r.reused THEN 0 ELSE r.completion_tokens END), 0) "
         "FROM results AS r"
     )
+    add_set_aside_to_totals(conn)
 
 
 def _meta(conn: sqlite3.Connection, key: str) -> str | None:

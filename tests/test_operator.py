@@ -195,7 +195,9 @@ def test_export_refuses_to_write_over_its_checkpoint_or_where_it_cannot(
 def test_status_export_and_report_of_a_first_run_still_under_way(
     mock_server: MockServer, fast_config: Path, tmp_path: Path
 ) -> None:
-    mock_server.configure(latency=0.3)
+    # Slow enough that the job is still running after status, report and export on a
+    # loaded machine (it is stopped at the end): else report sees a finished output.
+    mock_server.configure(latency=1.0)
     data = write_jsonl(tmp_path / "in.jsonl", prompts(40))
     out = tmp_path / "out.parquet"
     proc = start_cli(*run_args(data, out, mock_server, fast_config, "--concurrency", "2"))

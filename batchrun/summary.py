@@ -170,8 +170,11 @@ def _next_steps(
 
 def format_dry_run(report: DryRunReport) -> str:
     valid = report.rows - report.invalid
+    rows = f"{report.rows} rows"
+    if report.repeats > 1:  # every count is of requests: say what they are made of
+        rows += f" ({report.rows // report.repeats} input rows x {report.repeats} repeats)"
     lines = [
-        f"dry run: {report.rows} rows, {valid} would be sent, {report.invalid} invalid",
+        f"dry run: {rows}, {valid} would be sent, {report.invalid} invalid",
         f"  estimated prompt tokens: ~{report.prompt_tokens_est:,}",
         f"  completion tokens at most: {report.completion_tokens_max:,} (max_tokens x rows)",
         "  models: " + ", ".join(f"{m} ({n})" for m, n in report.models.items()),

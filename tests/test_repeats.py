@@ -335,6 +335,11 @@ def test_limit_counts_input_rows_end_to_end(
     assert mock_server.stats()["submissions"] == 6
     assert run_cli(*args, "--limit", "3").returncode == 0  # raised: only row 3's repeats
     assert len(read_output(out)) == 9 and mock_server.stats()["submissions"] == 9
+    lowered = run_cli(*args, "--limit", "1")  # the summary and status name the limit as given
+    held = "6 more rows kept past --limit 1 "
+    assert lowered.returncode == 0 and held in lowered.stderr, lowered.stderr
+    assert held in run_cli("status", str(out), check=True).stdout
+    assert len(read_output(out)) == 3 and mock_server.stats()["submissions"] == 9
 
 
 @pytest.mark.slow

@@ -91,6 +91,11 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--limit", type=int, help="First N rows only."),
         click.option(
+            "--repeats",
+            type=int,
+            help="Sample every input row N times (ids ID#0..ID#N-1, a seed each). [default: 1]",
+        ),
+        click.option(
             "--require-space/--no-require-space",
             default=None,
             help="Refuse to start (exit 2) when the disk has less free space than the job "

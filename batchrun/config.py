@@ -28,6 +28,7 @@ from .config_keys import VALIDATORS, load_tools_file, request_params
 from .errors import ConfigError
 from .paths import default_checkpoint_path
 from .remote import is_remote
+from .repeats import check_repeats
 from .urls import is_nvidia_host
 from .validation import load_schema_file, schema_of
 
@@ -83,6 +84,7 @@ class RunConfig:
     retry_failed: bool = False
     require_space: bool = False  # too little free disk for the job: refuse, not warn
     limit: int | None = None
+    repeats: int = 1  # samples of every input row (repeats.py)
     dry_run: bool = False
     progress: bool | None = None
     progress_interval: float = 60.0  # a status line this often when stderr is not a terminal
@@ -185,14 +187,16 @@ class RunConfig:
     def identity(self, input_digests: list[str]) -> dict[str, Any]:
         """What the work is: inputs plus every setting that changes what is sent. Not
         `limit`: a job whose limit is raised goes on (new rows are read), one whose limit is
-        lowered shows fewer rows; neither is another job."""
-        return {
+        lowered shows fewer rows; neither is another job. `repeats` only when over 1, so that
+        a job without repeats keeps the fingerprint it had before there were any."""
+        identity = {
             "inputs": input_digests,
             "base_url": self.base_url.rstrip("/"),
             "body": self.body_template(),
             "prompt_template": self.prompt_template,
             "system_prompt": self.system_prompt,
         }
+        return identity | ({"repeats": self.repeats} if self.repeats > 1 else {})
 
 
 def failure_budget(spec: str | None) -> tuple[int | None, float | None]:
@@ -371,6 +375,7 @@ def _check_consistency(cfg: RunConfig, labels: _Labels) -> None:
     if "model" in cfg.params:
         raise ConfigError(f"{labels.param('model')}: set the model with --model / model = ...")
     check_body_fields(cfg.params, labels.param, nvidia=cfg.is_nvidia())
+    check_repeats(cfg.repeats, cfg.params, cfg.drop_params, labels.key("repeats"))
     if cfg.is_nvidia() and cfg.timeout <= cfg.hold_seconds:
         raise ConfigError(
             f"{labels.key('timeout')} ({cfg.timeout:g}s) must be longer than hold_seconds "

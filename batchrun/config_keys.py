@@ -326,6 +326,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "retry_failed": _bool,
     "require_space": _bool,
     "limit": _optional_limit,
+    "repeats": _positive_int,
     "dry_run": _bool,
     "progress": _optional_bool,
     "progress_interval": _positive_float,

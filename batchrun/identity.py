@@ -18,6 +18,9 @@ def fingerprint(identity: Mapping[str, Any]) -> str:
 
 # Identity keys of earlier releases that no longer make a job another job.
 RETIRED_IDENTITY_KEYS = ("limit",)
+# Keys left out of an identity at their default (so that older jobs keep their fingerprint),
+# with that default, for messages: `repeats: 1 -> 4`, not `(none) -> 4`.
+IMPLIED = {"repeats": 1}
 
 
 def same_job(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -31,7 +34,7 @@ def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     ['body.temperature: 0.6 -> 0.1', 'inputs: the content of in.jsonl changed']."""
     changed: list[str] = []
     for key in sorted((set(old) | set(new)) - set(RETIRED_IDENTITY_KEYS)):
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, IMPLIED.get(key)), new.get(key, IMPLIED.get(key))
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):

@@ -32,6 +32,7 @@ from .errors import DatasetError, RunMismatchError
 from .identity import fingerprint, identity_changes, same_job
 from .lifecycle import RowState
 from .payloads import RequestKeys, prepare_row
+from .repeats import ONCE, Repeats
 from .templates import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class DryRunReport:
     invalid_causes: list[FailureCause]
     models: dict[str, int]
     cost_range: tuple[float, float] | None = None  # USD: prompts only .. every max_tokens used
+    repeats: int = 1  # the counts above are of requests: input rows times this
 
 
 def input_digests(
@@ -87,12 +89,14 @@ def ingest(
     keys: RequestKeys | None = None,
     *,
     refill: bool = False,
+    repeats: Repeats = ONCE,
 ) -> None:
     """Validate input rows into the checkpoint (rows and ids; nothing is sent): the first
     `limit` of them, or, on a checkpoint that holds some already, the next ones up to it.
     With `refill` (after `batchrun recover`), every row up to the limit is read again and
-    those the checkpoint lost are put back."""
-    start = 0 if refill else checkpoint.stored_rows()
+    those the checkpoint lost are put back. `limit` counts input rows; with `repeats`, each
+    is that many checkpoint rows, all stored in the same batch."""
+    start = 0 if refill else repeats.input_rows(checkpoint.stored_rows())
     # A job going on learns on from its columns so far (a checkpoint of an earlier release
     # has only their output types).
     kinds = ColumnKinds(
@@ -104,19 +108,20 @@ def ingest(
         try:
             checkpoint.insert_rows(batch, kinds.names, missing_only=refill)
         except DuplicateRowId as dup:
-            first = _location(files, dup.first_idx)
+            first_idx = None if dup.first_idx is None else repeats.input_rows(dup.first_idx)
+            first = _location(files, first_idx)
             raise DatasetError(
-                f"{dup.loc}: duplicate id {dup.row_id!r} (first used at {first}); ids must be "
-                "unique. Nothing was sent."
+                f"{dup.loc}: duplicate id {repeats.item_id(dup.row_id)!r} (first used at "
+                f"{first}); ids must be unique. Nothing was sent."
             ) from None
         batch.clear()
 
     read = start
     for n, source in enumerate(itertools.islice(read_rows(files), start, limit), start):
-        row = prepare_row(source, template)
-        kinds.observe(row.extra)
-        key = keys.key(row.messages, row.overrides) if keys and row.messages else None
-        batch.append(IngestRow(n, row, key))
+        for r, row in enumerate(repeats.rows(prepare_row(source, template))):
+            kinds.observe(row.extra)
+            key = keys.key(row.messages, row.overrides) if keys and row.messages else None
+            batch.append(IngestRow(repeats.position(n, r), row, key))
         read = n + 1
         if len(batch) >= INGEST_BATCH:
             store()
@@ -135,16 +140,19 @@ def _extend(checkpoint: Checkpoint, files: list[InputFile], cfg: RunConfig) -> N
     are kept; only the new ones will be sent)."""
     if checkpoint.get_meta("input_exhausted") == "1":
         return
-    if cfg.limit is not None and cfg.limit <= checkpoint.stored_rows():
+    repeats = Repeats.of(cfg)
+    if cfg.limit is not None and cfg.limit <= repeats.input_rows(checkpoint.stored_rows()):
         return
-    ingest(checkpoint, files, cfg.limit, prompt_template(cfg), RequestKeys(cfg.body_template()))
+    keys = RequestKeys(cfg.body_template())
+    ingest(checkpoint, files, cfg.limit, prompt_template(cfg), keys, repeats=repeats)
 
 
 def _refill(checkpoint: Checkpoint, files: list[InputFile], cfg: RunConfig) -> None:
     """Put back the input rows a recovered checkpoint lost (read again from the inputs)."""
     before = checkpoint.stored_rows()
     keys = RequestKeys(cfg.body_template())
-    ingest(checkpoint, files, cfg.limit, prompt_template(cfg), keys, refill=True)
+    template = prompt_template(cfg)
+    ingest(checkpoint, files, cfg.limit, template, keys, refill=True, repeats=Repeats.of(cfg))
     reattached = checkpoint.reattach_results()
     checkpoint.set_meta("refill", "")
     if reattached:
@@ -191,7 +199,7 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
             if checkpoint.get_meta("refill") == "1":
                 _refill(checkpoint, files, cfg)
             _extend(checkpoint, files, cfg)
-            checkpoint.set_row_limit(cfg.limit)
+            checkpoint.set_row_limit(Repeats.of(cfg).row_limit(cfg.limit))
             return checkpoint, True
         checkpoint.close()  # a first run that died while reading inputs: nothing was sent
     digests, stats = input_digests(files)
@@ -207,8 +215,9 @@ def open_checkpoint(cfg: RunConfig, files: list[InputFile]) -> tuple[Checkpoint,
         checkpoint.set_json("input_stats", stats)
         checkpoint.set_json("settings", cfg.public_dict())
         checkpoint.set_meta("created_at", str(time.time()))
-        ingest(checkpoint, files, cfg.limit, prompt_template(cfg), RequestKeys(cfg.body_template()))
-        checkpoint.set_row_limit(cfg.limit)
+        repeats, keys = Repeats.of(cfg), RequestKeys(cfg.body_template())
+        ingest(checkpoint, files, cfg.limit, prompt_template(cfg), keys, repeats=repeats)
+        checkpoint.set_row_limit(repeats.row_limit(cfg.limit))
     except BaseException:
         checkpoint.close()
         remove_checkpoint(path)
@@ -247,7 +256,7 @@ def dry_run(cfg: RunConfig) -> DryRunReport:
     with tempfile.TemporaryDirectory(prefix="batchrun-dry-") as tmp:
         checkpoint = Checkpoint.create(Path(tmp) / "dry.sqlite")
         try:
-            ingest(checkpoint, files, cfg.limit, prompt_template(cfg))
+            ingest(checkpoint, files, cfg.limit, prompt_template(cfg), repeats=Repeats.of(cfg))
             template = cfg.body_template()
             figures = checkpoint.request_figures(
                 template.get("max_tokens") or 0, str(template.get("model"))
@@ -262,6 +271,7 @@ def dry_run(cfg: RunConfig) -> DryRunReport:
         completion_tokens_max=figures.completion_tokens_max,
         invalid_causes=invalid_causes,
         models=figures.models,
+        repeats=cfg.repeats,
     )
     pricing = Pricing.from_config(cfg.pricing)
     if pricing is not None:

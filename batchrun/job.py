@@ -69,6 +69,7 @@ class JobResult:
     cost: float | None = None  # USD over all runs, when [pricing] is set
     cap_to_finish: float | None = None  # after a --max-cost stop: a cap that lets it finish
     rows_past_limit: int = 0  # kept from earlier runs past a lowered --limit
+    repeats: int = 1  # samples of each input row (rows above are checkpoint rows)
 
 
 class Watcher(Protocol):
@@ -209,6 +210,7 @@ def _finish(
         cost=cost,
         cap_to_finish=_cap_to_finish(cfg, counts, cost, stopped),
         rows_past_limit=checkpoint.rows_past_limit(),
+        repeats=cfg.repeats,
     )
 
 

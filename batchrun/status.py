@@ -37,6 +37,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
             "running": holder(checkpoint),
             "rows": sum(counts.values()),
             "rows_past_limit": reader.rows_past_limit(),
+            "repeats": reader.get_json("identity", {}).get("repeats", 1),
             "states": {str(s): counts.get(s, 0) for s in RowState},
             "tokens": asdict(totals),
             "cost": job_cost(settings.get("pricing"), totals),
@@ -105,7 +106,8 @@ def format_status(info: dict[str, Any]) -> str:
         lines.append(
             f"  started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['created_at']))}"
         )
-    lines += past_limit_lines(info.get("rows_past_limit", 0), info["rows"])
+    past, repeats = info.get("rows_past_limit", 0), info.get("repeats", 1)
+    lines += past_limit_lines(past, info["rows"], repeats)
     for failure in info["failures"]:
         lines.append(f"  failed x{failure['rows']}: {failure['cause']}")
     for invalid in info["invalid"]:

@@ -123,7 +123,7 @@ def format_summary(
         lines.append(f"  {stats.no_usage} answers came without token usage (usage left empty)")
     if result.parse_errors:
         lines.append(f"  {result.parse_errors} answers did not parse as JSON (see parse_error)")
-    lines += past_limit_lines(result.rows_past_limit, total)
+    lines += past_limit_lines(result.rows_past_limit, total, result.repeats)
     lines += [f"  failed x{c.rows}: {c.label}" for c in result.failure_causes]
     lines += invalid_lines(result.invalid_causes)
     lines.append("  output: " + ", ".join(str(p) for p in result.outputs))
@@ -175,8 +175,11 @@ def _next_steps(
 
 def format_dry_run(report: DryRunReport) -> str:
     valid = report.rows - report.invalid
+    rows = f"{report.rows} rows"
+    if report.repeats > 1:  # every count is of requests: say what they are made of
+        rows += f" ({report.rows // report.repeats} input rows x {report.repeats} repeats)"
     lines = [
-        f"dry run: {report.rows} rows, {valid} would be sent, {report.invalid} invalid",
+        f"dry run: {rows}, {valid} would be sent, {report.invalid} invalid",
         f"  estimated prompt tokens: ~{report.prompt_tokens_est:,}",
         f"  completion tokens at most: {report.completion_tokens_max:,} (max_tokens x rows)",
         "  models: " + ", ".join(f"{m} ({n})" for m, n in report.models.items()),
@@ -205,11 +208,12 @@ def dry_run_fails(report: DryRunReport, max_failures: str | None) -> str | None:
     return None
 
 
-def past_limit_lines(past: int, rows: int) -> list[str]:
-    """What a lowered --limit holds back (the summary and status say it alike)."""
+def past_limit_lines(past: int, rows: int, repeats: int = 1) -> list[str]:
+    """What a lowered --limit holds back (the summary and status say it alike). `rows` are
+    checkpoint rows; --limit counts input rows, each `repeats` of them."""
     if not past:
         return []
     return [
-        f"  {past} more rows kept past --limit {rows} (with their answers; the tokens above "
-        "count them): raise or drop --limit to include them"
+        f"  {past} more rows kept past --limit {rows // repeats} (with their answers; the "
+        "tokens above count them): raise or drop --limit to include them"
     ]

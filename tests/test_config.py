@@ -161,6 +161,8 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("require_space", "yes"),
     ("limit", -5),
     ("limit", 2.5),
+    ("repeats", 0),
+    ("repeats", "2"),
     ("dry_run", "x"),
     ("progress", "auto"),
     ("grace", -1),

@@ -3,7 +3,9 @@
 Per prompt: submissions, billed answers, answers delivered, and the last body sent (without
 its messages); overall: status codes sent, 202s, polls, resubmissions while an id was pending,
 the most requests in flight at once, submission times (on the endpoint's clock) and the ids a
-poll handed out. With these a test proves that nothing was bought twice.
+poll handed out. With these a test proves that nothing was bought twice. Requests that differ
+only in their `seed` (repeats of one row) share a prompt: `seeds` records, by prompt, the seed
+of every submission that carried one, in order, so a test can tell them apart.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class EndpointStats:
     in_flight: int = 0
     max_in_flight: int = 0
     polled_ids: set[str] = field(default_factory=set)  # ids whose result a poll handed out
+    seeds: dict[str, list[Any]] = field(default_factory=dict)  # prompt -> seed per submission
 
     def for_prompt(self, prompt: str) -> PromptStats:
         entry = self.prompts.get(prompt)
@@ -48,6 +51,8 @@ class EndpointStats:
         stats = self.for_prompt(prompt)
         stats.submissions += 1
         stats.last_body = {k: v for k, v in body.items() if k != "messages"}
+        if "seed" in body:
+            self.seeds.setdefault(prompt, []).append(body["seed"])
         self.submit_times.append(now)
         self.resubmitted_while_pending += pending
 
@@ -78,4 +83,5 @@ class EndpointStats:
             "submit_times": list(self.submit_times),
             "polled_ids": sorted(self.polled_ids),
             "asset_uploads": asset_uploads,
+            "seeds": {k: list(v) for k, v in self.seeds.items()},
         }

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +25,7 @@ from urllib.parse import urlsplit
 from .body_fields import check_body_fields
 from .config_keys import VALIDATORS, load_tools_file, request_params
 from .errors import ConfigError
-from .paths import default_checkpoint_path
-from .remote import is_remote
+from .paths import default_checkpoint_path, from_config_folder
 from .repeats import check_repeats
 from .urls import is_nvidia_host
 from .validation import load_schema_file, schema_of
@@ -244,17 +242,10 @@ def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str):
-            data[key] = _relative_path(folder, value)
+            data[key] = from_config_folder(folder, value)
         elif key == "inputs" and isinstance(value, list):
-            data[key] = [_relative_path(folder, v) for v in value]
+            data[key] = [from_config_folder(folder, v) for v in value]
     return data
-
-
-def _relative_path(folder: Path, value: Any) -> Any:
-    """A path in a config file, from the file's folder; a store's URL as it is."""
-    if not isinstance(value, str) or not value or is_remote(value):
-        return value
-    return os.path.normpath(folder / value)
 
 
 def _did_you_mean(key: str) -> str:

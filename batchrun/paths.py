@@ -4,7 +4,9 @@ command line stands for."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from .remote import is_remote
 
@@ -26,3 +28,11 @@ def job_path(given: str) -> Path:
     """A job as the command line names it (a checkpoint, or an output path): a store's URL
     stands for the checkpoint in the working folder that `run` kept for it."""
     return default_checkpoint_path(given) if is_remote(given) else Path(given)
+
+
+def from_config_folder(folder: Path, value: Any) -> Any:
+    """A path written in a config file, from the file's folder (so cron can run the file
+    from anywhere); a store's URL as it is."""
+    if not isinstance(value, str) or not value or is_remote(value):
+        return value
+    return os.path.normpath(folder / value)

@@ -43,6 +43,16 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("throughput", _throughput_text(summary)))
     if summary["parse_errors"] is not None:
         rows.append(("parse errors", f"{summary['parse_errors']:,} answers did not parse"))
+    checked = summary.get("validation")
+    if checked:
+        rows.append(
+            (
+                "validation",
+                f"{checked['rows_checked']:,} rows checked against the schema, "
+                f"{checked['rows_asked_again']:,} asked again, "
+                f"{checked['answers_rejected']:,} answers rejected",
+            )
+        )
     rows.append(("reused", f"{summary['reused']:,} rows answered from an earlier job"))
     return rows
 

@@ -46,6 +46,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
                 for p in reader.pending_request_ids(ids)
             ],
             "failures": [{"cause": c.label, "rows": c.rows} for c in reader.failure_causes()],
+            "rejected": dict(zip(("rows", "answers"), reader.answers_rejected(), strict=True)),
             "invalid": [
                 {"cause": c.cause, "rows": c.rows, "example": c.example}
                 for c in reader.invalid_causes()
@@ -108,6 +109,12 @@ def format_status(info: dict[str, Any]) -> str:
         )
     past, repeats = info.get("rows_past_limit", 0), info.get("repeats", 1)
     lines += past_limit_lines(past, info["rows"], repeats)
+    rejected = info.get("rejected") or {}
+    if rejected.get("answers"):
+        lines.append(
+            f"  {rejected['answers']} answers did not match the schema; "
+            f"{rejected['rows']} rows asked again"
+        )
     for failure in info["failures"]:
         lines.append(f"  failed x{failure['rows']}: {failure['cause']}")
     for invalid in info["invalid"]:

@@ -142,3 +142,17 @@ def output_cells(
         attempts.append(1 + (count or 0) if answered else count)
         messages.append(error[len(prefix) :] if refused and error else last)
     return [attempts, messages]
+
+
+def output_figures(statuses: list[str | None], attempts: list[int | None]) -> dict[str, int]:
+    """From an output's `status` and `validation_attempts`: rows whose answers were checked,
+    rows asked again, and answers that failed the schema (an ok row's all but its last; a
+    row that never validated, every one)."""
+    checked = asked_again = rejected = 0
+    for status, count in zip(statuses, attempts, strict=True):
+        if count is None:
+            continue
+        checked += 1
+        asked_again += count > 1
+        rejected += count - 1 if status == "ok" else count
+    return {"rows_checked": checked, "rows_asked_again": asked_again, "answers_rejected": rejected}

@@ -215,6 +215,19 @@ def test_an_off_schema_answer_is_asked_again_and_every_answer_is_counted(
     assert tokens["bought_prompt_tokens"] > sum(r["prompt_tokens"] for r in rows.values())
     stats = mock_server.stats()
     assert stats["submissions"] == 6 and stats["resubmitted_while_pending"] == 0
+    assert status["rejected"] == {"rows": 2, "answers": 3}
+    assert (
+        "3 answers did not match the schema; 2 rows asked again"
+        in run_cli("status", str(out)).stdout
+    )
+    report = run_cli("report", "--json", str(out))
+    assert json.loads(report.stdout)["validation"] == {
+        "rows_checked": 3, "rows_asked_again": 2, "answers_rejected": 3
+    }  # fmt: skip
+    assert (
+        "3 rows checked against the schema, 2 asked again, 3 answers rejected"
+        in run_cli("report", str(out)).stdout
+    )
 
 
 def test_a_row_that_never_validates_fails_with_its_last_answer_and_can_be_retried(
@@ -243,6 +256,8 @@ def test_a_row_that_never_validates_fails_with_its_last_answer_and_can_be_retrie
     assert bad["error"] == f"{INVALID_ANSWER}: at $.label: 0 is not of type 'string'"
     assert json.loads(bad["content"])["label"] == 0  # the last answer is kept
     assert INVALID_ANSWER in result.stderr  # the summary groups it as a failure cause
+    report = json.loads(run_cli("report", "--json", str(out)).stdout)
+    assert report["validation"]["answers_rejected"] == 2  # both of the failed row's answers
     spent = json.loads(run_cli("status", "--json", str(out)).stdout)["tokens"]
     # --retry-failed starts the conversation afresh: with three retries allowed now, the
     # fourth answer is good; what the failed row bought before stays counted.

@@ -144,6 +144,17 @@ class CheckpointReader:
         values = dict(zip(TOTAL_COLUMNS, row, strict=True)) if row else {}
         return Totals(rows=self.row_count(), **{k: int(v) for k, v in values.items()})
 
+    def answers_rejected(self) -> tuple[int, int]:
+        """(rows asked again, answers rejected) for failing the job's schema so far."""
+        if not self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'validations'"
+        ).fetchone():
+            return 0, 0  # a checkpoint from before schema 4, read without upgrading it
+        rows, answers = self._conn.execute(
+            "SELECT count(*), coalesce(sum(rejected), 0) FROM validations WHERE rejected > 0"
+        ).fetchone()
+        return int(rows), int(answers)
+
     def failure_causes(self, limit: int = 10) -> list[FailureCause]:
         """Failed rows grouped by cause, most common first, with an example each."""
         rows = self._conn.execute(

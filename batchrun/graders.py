@@ -167,7 +167,7 @@ class RowGrader:
 
     def _exact(self, subject: Any, expected: Any) -> Grade:
         if subject is None:
-            return failed("empty answer")
+            return failed("no answer text" if self.spec.field is None else "the field is null")
         return passed(self._norm(subject) == self._norm(expected), f"got {_shown(subject)}")
 
     def _regex(self, subject: Any, expected: Any) -> Grade:

@@ -71,7 +71,9 @@ INHERITED = frozenset(
     | {"tpm", "concurrency", "fresh", "offline", "endpoint_url"}
 )
 # Set per cell by the sweep, or meaningless for a judge (the rubric is its prompt).
-NOT_FOR_JUDGES = frozenset({"inputs", "output", "checkpoint", "prompt_template", "reuse"})
+NOT_FOR_JUDGES = frozenset(
+    {"inputs", "output", "checkpoint", "prompt_template", "reuse", "output_format"}
+)
 
 
 @dataclass(frozen=True)

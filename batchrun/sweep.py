@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,6 @@ from .errors import AuthError, BatchrunError, Interrupted, RunMismatchError
 from .factory import new_limiter
 from .gates import GateFailure, failure_rate_gate, grader_gates
 from .grade_records import GraderScore
-from .grader_spec import GraderKind
 from .grading import (
     GRADES_FILE,
     grade_cell,
@@ -64,6 +64,7 @@ from .sweep_file import Cell, SweepSpec, cells
 from .sweep_summary import status_line, write_summaries
 
 LATENCY_QUANTILES = {"p50": 0.5, "p95": 0.95}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,33 +148,42 @@ def _judge_limiters(
 
 
 async def _run_cell(cell: Cell, shared: _Shared) -> CellReport:
-    spec = shared.spec
     params = json.dumps(cell.values, sort_keys=True)
     report = CellReport(cell.name, Path(cell.dataset).name, cell.model, params)
+    result = await _run_job(cell, shared, report)
+    if result is None:
+        return report  # did not run: report.problem says why
+    _fill(report, result)
+    try:
+        _latency(report, result.output)
+        await _grade(report, cell, result, shared)
+    except (AuthError, Interrupted):
+        raise  # a judge's key, or Ctrl-C while judges ran: as for a cell
+    except Exception as exc:  # the answers stand; the cell cannot pass ungraded, nor crash CI
+        log.debug("grading %s failed", cell.name, exc_info=True)
+        report.problem = f"grading failed: {type(exc).__name__}: {exc}"
+    _verdict(report, result, shared.spec)
+    return report
+
+
+async def _run_job(cell: Cell, shared: _Shared, report: CellReport) -> JobResult | None:
+    """The cell's job; None (the reason in report.problem) when it could not run."""
     started = time.monotonic()
     try:
         result = await run_job_async(cell.cfg, limiter=shared.limiter)
     except AuthError:
         raise  # a bad key fails every cell alike: stop the sweep (exit 3)
     except RunMismatchError as exc:  # the run's hint names flags a sweep does not have
-        report.problem = f"{exc.problem} {_mismatch_hint(exc, cell, spec)}"
+        report.problem = f"{exc.problem} {_mismatch_hint(exc, cell, shared.spec)}"
         report.wall_s = time.monotonic() - started
-        return report
+        return None
     except BatchrunError as exc:
         report.problem = str(exc)
         report.wall_s = time.monotonic() - started
-        return report
+        return None
     if isinstance(result.stopped, AuthError | Interrupted):
         raise result.stopped  # the same for every cell, or the user asked to stop
-    _fill(report, result)
-    try:
-        await _grade(report, cell, result, shared)
-    except (AuthError, Interrupted):
-        raise  # a judge's key, or Ctrl-C while judges ran: as for a cell
-    except BatchrunError as exc:  # the answers stand; the cell cannot pass ungraded
-        report.problem = f"grading failed: {exc}"
-    _verdict(report, result, spec)
-    return report
+    return result
 
 
 def _mismatch_hint(exc: RunMismatchError, cell: Cell, spec: SweepSpec) -> str:
@@ -201,22 +211,23 @@ def _fill(report: CellReport, result: JobResult) -> None:
     report.completion_tokens = result.totals.completion_tokens
     report.cost = result.cost
     report.wall_s = result.wall_s
-    latency = quantiles(_ok_latencies(result.output), LATENCY_QUANTILES)
-    if latency is not None:
-        report.latency_p50, report.latency_p95 = latency["p50"], latency["p95"]
     bad = report.failed + report.invalid
     report.failure_rate = bad / report.rows if report.rows else 0.0
 
 
-def _ok_latencies(output: str) -> list[float]:
+def _latency(report: CellReport, output: str) -> None:
+    """p50/p95 latency of the cell's ok rows."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(output, columns=["status", "latency_s"]).to_pydict()
-    return [
+    ok = [
         lat
         for status, lat in zip(table["status"], table["latency_s"], strict=True)
         if status == "ok" and lat is not None
     ]
+    latency = quantiles(ok, LATENCY_QUANTILES)
+    if latency is not None:
+        report.latency_p50, report.latency_p95 = latency["p50"], latency["p95"]
 
 
 async def _grade(report: CellReport, cell: Cell, result: JobResult, shared: _Shared) -> None:
@@ -239,9 +250,8 @@ async def _grade(report: CellReport, cell: Cell, result: JobResult, shared: _Sha
         for score in report.scores:
             own = [g for g in grades if g.grader == score.grader]
             score.comparison = compare(shared.baseline, cell.name, score, own, spec.alpha)
-    first = report.scores[0] if report.scores else None
-    if first is not None and first.kind == GraderKind.EXACT.value:
-        report.accuracy, report.scored = first.score, first.rows
+    if report.scores:  # `accuracy` is what summary.parquet's readers knew before graders
+        report.accuracy, report.scored = report.scores[0].score, report.scores[0].rows
     report.judge_requests = usage.requests
     report.judge_prompt_tokens, report.judge_completion_tokens = (
         usage.prompt_tokens,

@@ -1,7 +1,8 @@
 """A sweep file read and checked (`batchrun sweep`'s input; running it is sweep.py's): its
-keys, the files it names, and every cell's run settings, built before the first cell runs so
-that a mistake is exit 2 with nothing sent. Messages name the file, table and key as written
-(`sweep.toml: [grid] max_tokens`, `sweep.toml: [run.params] top_p`).
+keys, the files it names, its graders (grader_spec.py) and every cell's run settings, built
+before the first cell runs so that a mistake is exit 2 with nothing sent. Messages name the
+file, table and key as written (`sweep.toml: [grid] max_tokens`, `sweep.toml: [run.params]
+top_p`).
 """
 
 from __future__ import annotations

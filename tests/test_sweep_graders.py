@@ -235,3 +235,28 @@ def test_the_example_sweep_file_runs_against_the_local_endpoint(
     assert kinds == {"exact", "regex", "number", "includes", "json_schema", "judge"}
     assert score(reports[0], "label").score == pytest.approx(0.8)
     assert reports[0].judge_requests == 60 and reports[0].judge_cost is not None
+
+
+def test_a_cell_that_cannot_be_graded_fails_without_a_crash(
+    mock_server: MockServer, tmp_path: Path
+) -> None:
+    """Answers written as OpenAI batch lines, not Parquet: the graders cannot read them."""
+    body = '[run]\noutput_format = "openai-jsonl"\n[[graders]]\nname = "e"\nkind = "exact"\n'
+    rows = [{"id": "a", "prompt": "x", "expected": "y"}]
+    [report] = run_sweep_here(write_sweep(tmp_path, body, rows), mock_server.base_url)
+    assert report.ok == 1 and not report.passed
+    assert (report.problem or "").startswith("grading failed: ")
+
+
+def test_report_of_a_sweep_written_before_graders(tmp_path: Path) -> None:
+    """An older sweep folder: summary.parquet with its old columns, no scores.parquet."""
+    old = {"cell": "d-default", "dataset": "d.jsonl", "model": "m", "params": "{}", "rows": 2,
+           "ok": 2, "failed": 0, "invalid": 0, "prompt_tokens": 10, "completion_tokens": 5,
+           "accuracy": 0.5, "scored": 2, "passed": True, "problem": None}  # fmt: skip
+    pd.DataFrame([old]).to_parquet(tmp_path / "summary.parquet")
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"batchrun report: sweep {tmp_path} (1 of 1 cells passed)",
+        "  d-default: 2 ok, 0 failed, 0 invalid; 15 tokens - PASS",
+    ]

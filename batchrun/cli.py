@@ -216,13 +216,16 @@ def export(job: str, output: str, output_format: str | None) -> None:
 def report(output: str, html_path: str | None, as_json: bool) -> None:
     """Sum a job up: rows by status, tokens, cost, latency, throughput, failures by cause.
 
-    OUTPUT is a job's output path (its checkpoint is read too when it is beside it; an
-    output not written yet is read from the checkpoint), or the checkpoint itself."""
+    OUTPUT is a job's output path (its checkpoint too when beside it; one not written yet
+    is read from the checkpoint), the checkpoint itself, or a sweep's output_dir."""
     from .report import summarize
     from .report_html import write_html
     from .report_text import format_report
+    from .sweep_report import is_sweep_folder, sweep_report
 
     try:
+        if is_sweep_folder(Path(output)):  # a sweep's output_dir: its cells and graders
+            return click.echo(sweep_report(Path(output), as_json=as_json, html=html_path))
         with _named_damage(job_path(output)):
             summary = summarize(job_path(output))
         click.echo(json.dumps(summary, indent=2) if as_json else format_report(summary))
@@ -375,18 +378,18 @@ def mock_server(
 @click.option("--base-url", help="Endpoint for every cell (over the sweep file).")
 @click.option("--offline", is_flag=True, default=None, help="Send nothing (replay stored answers).")
 @click.option("--fresh", is_flag=True, default=None, help="Start every cell over.")
+@click.option("--baseline", type=click.Path(file_okay=False), help="Earlier sweep to compare with.")
 @click.option("-v", "--verbose", count=True)
 def sweep(sweep_file: str, junit_xml: str | None, verbose: int, **options: Any) -> None:
-    """Run a grid of jobs (datasets x models x values) and write summary.parquet/.md.
-
-    Exit 0 only when every cell passes."""
+    """Run a grid of jobs (datasets x models x values), grade them, write summary.parquet/.md;
+    exit 0 only when every cell passes its gates (with --baseline DIR: and none regressed)."""
     from .sweep import sweep as run_sweep
     from .sweep_file import load_sweep
 
     _setup_logging(verbose)
     try:
         spec = load_sweep(Path(sweep_file), options)
-        reports, written = run_sweep(spec, Path(junit_xml) if junit_xml else None)
+        reports, written = run_sweep(spec, junit_xml, options["baseline"])
     except BatchrunError as exc:
         _fail(exc)
     passed = sum(r.passed for r in reports)

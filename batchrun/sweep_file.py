@@ -1,7 +1,8 @@
 """A sweep file read and checked (`batchrun sweep`'s input; running it is sweep.py's): its
-keys, the files it names, and every cell's run settings, built before the first cell runs so
-that a mistake is exit 2 with nothing sent. Messages name the file, table and key as written
-(`sweep.toml: [grid] max_tokens`, `sweep.toml: [run.params] top_p`).
+keys, the files it names, its graders (grader_spec.py) and every cell's run settings, built
+before the first cell runs so that a mistake is exit 2 with nothing sent. Messages name the
+file, table and key as written (`sweep.toml: [grid] max_tokens`, `sweep.toml: [run.params]
+top_p`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import itertools
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ from .config import (
 )
 from .dataset import expand_inputs
 from .errors import ConfigError
+from .grader_spec import GraderSpec, implicit_grader, read_graders
 from .remote import is_remote
 
 SWEEP_KEYS = frozenset(
     {"output_dir", "datasets", "models", "config", "score_field", "max_failure_rate", "run", "grid"}
+    | {"graders", "alpha", "pass_at"}
 )
 
 
@@ -46,6 +49,10 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     score_field: str | None
     max_failure_rate: float
+    # What grades each cell: the [[graders]], or the implicit exact match of score_field.
+    graders: list[GraderSpec] = field(default_factory=list)
+    alpha: float = 0.05  # the baseline comparison's significance level
+    pass_at: tuple[int, ...] = ()  # k of pass@k to report (with repeats, also their number)
 
 
 @dataclass
@@ -98,7 +105,42 @@ def load_sweep(path: Path, cli: Mapping[str, Any]) -> SweepSpec:
         grid=grid,
         score_field=score_field,
         max_failure_rate=float(rate),
+        graders=_graders(path, data, layers, score_field),
+        alpha=_alpha(path, data.get("alpha", 0.05)),
+        pass_at=_pass_at(path, data.get("pass_at", [])),
     )
+
+
+def _graders(
+    path: Path,
+    data: Mapping[str, Any],
+    layers: list[tuple[dict[str, Any], Source]],
+    score_field: str | None,
+) -> list[GraderSpec]:
+    """The [[graders]]; without them, exact match of the answer (or of parsed[score_field])
+    against `expected`, as sweeps always scored."""
+    if "graders" not in data:
+        return [implicit_grader(score_field)]
+    if score_field:
+        raise ConfigError(
+            f"{path}: score_field (or --score-field) is for a sweep without [[graders]]; with "
+            'them, give the grader field = "..." (kind = "exact" is what score_field did)'
+        )
+    return read_graders(path, data["graders"], layers)
+
+
+def _alpha(path: Path, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(f"{path}: alpha must be a probability between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _pass_at(path: Path, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in value
+    ):
+        raise ConfigError(f"{path}: pass_at must be a list of whole numbers >= 1, got {value!r}")
+    return tuple(sorted(set(value)))
 
 
 def load_toml_table(path: Path) -> dict[str, Any]:
@@ -201,8 +243,8 @@ def cells(spec: SweepSpec) -> list[Cell]:
         own: dict[str, Any] = {"inputs": [dataset]}
         if model is not None:
             own["model"] = model
-        if spec.score_field:
-            own["parse_json"] = True  # the field is read from the parsed answer
+        if any(g.field for g in spec.graders):
+            own["parse_json"] = True  # a field is read from the parsed answer
         grid = {k: v for k, v in values.items() if k in CONFIG_KEYS}
         params = {k: v for k, v in values.items() if k not in CONFIG_KEYS}
         if params:

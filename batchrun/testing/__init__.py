@@ -2,6 +2,7 @@
 
 A test double for demos, tests and benchmarks, split by concern:
 `settings` (MockSettings), `clock` (the injected clock), `answers` (what a completion says),
+`judge` (verdicts for a sweep's judge grader),
 `streaming` (SSE), `faults` (prompt markers, fault rates, problem bodies), `validation`
 (refused requests), `assets` (NVCF asset uploads and image checks), `jobs` (ids pending a
 poll, large results), `ratelimit` (the rpm window), `stats` (the counters), `app`

@@ -2,10 +2,11 @@
 
 The content is "Answer to: <last user message>", so a test can check that every row got the
 answer to its own prompt; with `response_format` JSON it is a JSON object carrying a sentiment
-label from a small word list (enough to score a labelling sweep). Thinking requests get
-reasoning text in the configured field; offered tools the prompt names are called;
-`[mock:offschemaxN]` makes the first N JSON answers miss the tests' schemas. Usage counts
-words. Pure functions: no HTTP, no clock, no endpoint state.
+label from a small word list (enough to score a labelling sweep); a judge's prompt gets a
+verdict (judge.py: the judge mode). Thinking requests get reasoning text in the configured
+field; offered tools the prompt names are called; `[mock:offschemaxN]` makes the first N
+JSON answers miss the tests' schemas. Usage counts words. Pure functions: no HTTP, no clock,
+no endpoint state.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import uuid
 from typing import Any
 
+from .judge import is_judge_prompt, judge_reply
 from .settings import MockSettings
 
 # The review words that decide a label; negative wins over positive.
@@ -64,6 +66,8 @@ def completion(
 
 
 def _content(prompt: str, body: dict[str, Any], media: list[str], *, json_fence: bool) -> str:
+    if is_judge_prompt(prompt):
+        return judge_reply(prompt, body)
     content = f"Answer to: {prompt}"
     if media:
         content += f" [images: {', '.join(media)}]"

@@ -133,3 +133,18 @@ def read_stderr_until(proc: subprocess.Popen[str], text: str, timeout: float = 3
             raise AssertionError(f"stderr closed before {text!r}; stderr: {seen}")
         seen += chunk
     return seen
+
+
+def billed_when_quiet(server: MockServer, settle: float = 0.3, timeout: float = 10) -> int:
+    """The mock's billed count once no answer is still being made: a killed client's
+    requests go on being answered (and billed) for a moment after the kill."""
+    last, since = server.stats()["billed"], time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = server.stats()["billed"]
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            return int(now)
+    raise AssertionError(f"the mock kept billing for {timeout:g}s after the kill")

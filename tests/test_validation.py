@@ -30,7 +30,7 @@ from batchrun.validation import (
     with_feedback,
 )
 
-from .conftest import REPO, run_cli, write_jsonl
+from .conftest import REPO, billed_when_quiet, run_cli, write_jsonl
 from .test_upgrade import Redirect
 
 LABEL_SCHEMA: dict[str, Any] = {
@@ -294,7 +294,7 @@ def test_a_kill_during_retries_resumes_without_buying_a_kept_answer_again(
     assert rejected, "no rejected answer was committed before the kill"
     # Answers a row has on disk: its rejected one, and its good one when done.
     kept = sum((i in rejected) + (i in done) for i in range(n))
-    billed = slow_server.stats()["billed"]
+    billed = billed_when_quiet(slow_server)
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     rows = rows_of(out)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ moto_server = pytest.importorskip("moto.server")
 pytestmark = pytest.mark.slow
 
 BUCKET = "nightly"
+OUTPUT = f"s3://{BUCKET}/out/labels.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +49,51 @@ def s3_env() -> Iterator[dict[str, str]]:
     server.stop()
 
 
+@dataclass
+class Store:
+    """The test server's bucket (emptied for each test), and batchrun run against it from
+    a working folder (where a store's output keeps its checkpoint)."""
+
+    client: Any
+    env: dict[str, str]
+    cwd: Path
+    config: Path  # the fast test config
+
+    def run(
+        self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        # No key, and no AWS setting but the test's (a developer's profile must not leak in).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        full = {k: v for k, v in inherited.items() if not k.endswith("_API_KEY")}
+        full.update(env if env is not None else self.env)
+        return subprocess.run(
+            [sys.executable, "-m", "batchrun", *args],
+            cwd=cwd or self.cwd, env=full, capture_output=True, text=True, timeout=120,
+            check=False,
+        )  # fmt: skip
+
+    def put_prompts(self, key: str, rows: list[dict[str, Any]]) -> None:
+        local = write_jsonl(self.cwd / "upload.jsonl", rows)
+        self.client.put_object(Bucket=BUCKET, Key=key, Body=local.read_bytes())
+
+    def two_files(self, n: int = 30) -> list[dict[str, Any]]:
+        """n prompts in two objects under prompts/ (read in sorted key order)."""
+        rows = prompts(n)
+        self.put_prompts("prompts/b.jsonl", rows[n // 2 :])
+        self.put_prompts("prompts/a.jsonl", rows[: n // 2])
+        return rows
+
+    def read(self, key: str) -> list[dict[str, Any]]:
+        body = self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        return pq.read_table(io.BytesIO(body)).to_pylist()
+
+    def objects(self, prefix: str = "") -> list[str]:
+        listing = self.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+        return sorted(o["Key"] for o in listing)
+
+
 @pytest.fixture
-def s3(s3_env: dict[str, str]) -> Any:
-    """A client of the test server with an empty bucket."""
+def store(s3_env: dict[str, str], fast_config: Path, tmp_path: Path) -> Store:
     client = boto3.client(
         "s3",
         endpoint_url=s3_env["AWS_ENDPOINT_URL"],
@@ -63,7 +107,7 @@ def s3(s3_env: dict[str, str]) -> Any:
             client.delete_object(Bucket=BUCKET, Key=obj["Key"])
     else:
         client.create_bucket(Bucket=BUCKET)
-    return client
+    return Store(client, s3_env, tmp_path, fast_config)
 
 
 @pytest.fixture
@@ -73,60 +117,15 @@ def slow_server() -> Iterator[MockServer]:
         yield server
 
 
-def batchrun(
-    cwd: Path, env: dict[str, str], *args: str, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`batchrun ARGS` run from `cwd` (where a store's output keeps its checkpoint)."""
-    full = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    full.update(env)
-    full.update(extra_env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "batchrun", *args],
-        cwd=cwd,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def put_prompts(s3: Any, key: str, rows: list[dict[str, Any]], tmp_path: Path) -> None:
-    local = write_jsonl(tmp_path / "upload.jsonl", rows)
-    s3.put_object(Bucket=BUCKET, Key=key, Body=local.read_bytes())
-
-
-def read_object(s3: Any, key: str) -> list[dict[str, Any]]:
-    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    return pq.read_table(io.BytesIO(body)).to_pylist()
-
-
-def keys(s3: Any, prefix: str = "") -> list[str]:
-    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-    return sorted(o["Key"] for o in listing)
-
-
 def job_args(server: MockServer, config: Path, *extra: str) -> list[str]:
     return [
-        "run",
-        f"s3://{BUCKET}/prompts/",
-        "-o",
-        f"s3://{BUCKET}/out/labels.parquet",
-        "--base-url",
-        server.base_url,
-        "-c",
-        str(config),
-        "--no-progress",
-        *extra,
-    ]
+        "run", f"s3://{BUCKET}/prompts/", "-o", OUTPUT, "--base-url", server.base_url,
+        "-c", str(config), "--no-progress", *extra,
+    ]  # fmt: skip
 
 
-def two_files(s3: Any, tmp_path: Path, n: int = 30) -> list[dict[str, Any]]:
-    """n prompts in two objects under prompts/ (read in sorted key order)."""
-    rows = prompts(n)
-    put_prompts(s3, "prompts/b.jsonl", rows[n // 2 :], tmp_path)
-    put_prompts(s3, "prompts/a.jsonl", rows[: n // 2], tmp_path)
-    return rows
+def with_output(args: list[str], output: str) -> list[str]:
+    return [output if a == OUTPUT else a for a in args]
 
 
 def assert_all_answered(rows: list[dict[str, Any]], inputs: list[dict[str, Any]]) -> None:
@@ -144,46 +143,35 @@ def assert_bought_once(server: MockServer, n: int) -> None:
 # ---------------------------------------------------------------- whole jobs
 
 
-def test_job_from_a_prefix_to_an_object(
-    s3: Any,
-    s3_env: dict[str, str],
-    mock_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
-) -> None:
-    inputs = two_files(s3, tmp_path)
-    result = batchrun(tmp_path, s3_env, *job_args(mock_server, fast_config))
+def test_job_from_a_prefix_to_an_object(store: Store, mock_server: MockServer) -> None:
+    inputs = store.two_files()
+    result = store.run(*job_args(mock_server, store.config))
     assert result.returncode == 0, result.stderr
-    assert_all_answered(read_object(s3, "out/labels.parquet"), inputs)
-    assert "output: s3://nightly/out/labels.parquet" in result.stderr
+    assert_all_answered(store.read("out/labels.parquet"), inputs)
+    assert f"output: {OUTPUT}" in result.stderr
     # The checkpoint stays on the local disk, in the working folder, named after the URL.
-    assert (tmp_path / "s3-nightly-out-labels.parquet.checkpoint.sqlite").is_file()
-    assert not [k for k in keys(s3) if k.endswith(".tmp") or "probe" in k]
+    assert (store.cwd / "s3-nightly-out-labels.parquet.checkpoint.sqlite").is_file()
+    assert not [k for k in store.objects() if k.endswith(".tmp") or "probe" in k]
     # status and report find the job from the output's URL.
-    status = batchrun(tmp_path, s3_env, "status", f"s3://{BUCKET}/out/labels.parquet")
+    status = store.run("status", OUTPUT)
     assert status.returncode == 0, status.stderr
     assert "30 ok" in status.stdout.replace(",", "")
 
 
 def test_killed_mid_run_resumes_from_the_local_checkpoint(
-    s3: Any,
-    s3_env: dict[str, str],
-    slow_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
+    store: Store, slow_server: MockServer
 ) -> None:
-    inputs = two_files(s3, tmp_path, 40)
-    args = job_args(slow_server, fast_config, "--concurrency", "2")  # a commit per row or two
-    killed = batchrun(tmp_path, s3_env, *args, extra_env={"BATCHRUN_CRASH_AT": "commit:3"})
+    inputs = store.two_files(40)
+    args = job_args(slow_server, store.config, "--concurrency", "2")  # a commit per row or two
+    killed = store.run(*args, env={**store.env, "BATCHRUN_CRASH_AT": "commit:3"})
     assert killed.returncode == -9, killed.stderr
-    assert "out/labels.parquet" not in keys(s3)  # nothing uploaded by the killed run
-    status = batchrun(tmp_path, s3_env, "status", "--json", f"s3://{BUCKET}/out/labels.parquet")
-    done_at_kill = json.loads(status.stdout)["states"]["done"]
+    assert "out/labels.parquet" not in store.objects()  # nothing uploaded by the killed run
+    done_at_kill = json.loads(store.run("status", "--json", OUTPUT).stdout)["states"]["done"]
     assert 0 < done_at_kill < 40
     billed_at_kill = billed_when_quiet(slow_server)
-    resumed = batchrun(tmp_path, s3_env, *args)
+    resumed = store.run(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert_all_answered(read_object(s3, "out/labels.parquet"), inputs)
+    assert_all_answered(store.read("out/labels.parquet"), inputs)
     # The resume bought exactly the rows the checkpoint did not hold, and no accepted id
     # was sent again.
     stats = slow_server.stats()
@@ -192,170 +180,113 @@ def test_killed_mid_run_resumes_from_the_local_checkpoint(
 
 
 def test_killed_during_the_upload_leaves_no_object_and_uploads_on_resume(
-    s3: Any,
-    s3_env: dict[str, str],
-    mock_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
+    store: Store, mock_server: MockServer
 ) -> None:
-    inputs = two_files(s3, tmp_path)
-    args = job_args(mock_server, fast_config)
-    killed = batchrun(tmp_path, s3_env, *args, extra_env={"BATCHRUN_CRASH_AT": "upload:1"})
+    inputs = store.two_files()
+    args = job_args(mock_server, store.config)
+    killed = store.run(*args, env={**store.env, "BATCHRUN_CRASH_AT": "upload:1"})
     assert killed.returncode == -9, killed.stderr
-    assert "out/labels.parquet" not in keys(s3)  # never half an object under the final name
-    resumed = batchrun(tmp_path, s3_env, *args)
+    assert "out/labels.parquet" not in store.objects()  # never half an object under the name
+    resumed = store.run(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert_all_answered(read_object(s3, "out/labels.parquet"), inputs)
+    assert_all_answered(store.read("out/labels.parquet"), inputs)
     assert_bought_once(mock_server, 30)  # the resume uploaded; it bought nothing again
-    assert not [k for k in keys(s3) if k.endswith(".tmp")]
+    assert not [k for k in store.objects() if k.endswith(".tmp")]
 
 
-def test_a_changed_input_object_is_refused_on_resume(
-    s3: Any,
-    s3_env: dict[str, str],
-    slow_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
-) -> None:
-    inputs = two_files(s3, tmp_path, 40)
-    args = job_args(slow_server, fast_config, "--concurrency", "2")  # a commit per row or two
-    killed = batchrun(tmp_path, s3_env, *args, extra_env={"BATCHRUN_CRASH_AT": "commit:3"})
+def test_a_changed_input_object_is_refused_on_resume(store: Store, slow_server: MockServer) -> None:
+    inputs = store.two_files(40)
+    args = job_args(slow_server, store.config, "--concurrency", "2")
+    killed = store.run(*args, env={**store.env, "BATCHRUN_CRASH_AT": "commit:3"})
     assert killed.returncode == -9
     changed = [dict(r, prompt=r["prompt"] + " Be brief.") for r in inputs[:20]]
-    put_prompts(s3, "prompts/a.jsonl", changed, tmp_path)  # same key, new content (ETag)
+    store.put_prompts("prompts/a.jsonl", changed)  # same key, new content (a new ETag)
     sent_before = slow_server.stats()["submissions"]
-    refused = batchrun(tmp_path, s3_env, *args)
+    refused = store.run(*args)
     assert refused.returncode == 2, refused.stderr
     assert "other inputs" in refused.stderr
     assert slow_server.stats()["submissions"] == sent_before
 
 
 def test_an_unwritable_output_is_refused_before_anything_is_sent(
-    s3: Any,
-    s3_env: dict[str, str],
-    mock_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
+    store: Store, mock_server: MockServer
 ) -> None:
-    two_files(s3, tmp_path)
-    args = job_args(mock_server, fast_config)
-    args[args.index("-o") + 1] = "s3://no-such-bucket/out/labels.parquet"
-    result = batchrun(tmp_path, s3_env, *args)
+    store.two_files()
+    nowhere = "s3://no-such-bucket/out/labels.parquet"
+    result = store.run(*with_output(job_args(mock_server, store.config), nowhere))
     assert result.returncode == 2, result.stderr
-    assert "s3://no-such-bucket/out/labels.parquet" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert nowhere in result.stderr and "Traceback" not in result.stderr
     assert mock_server.stats()["submissions"] == 0
-    assert not list(tmp_path.glob("*.checkpoint.sqlite"))
+    assert not list(store.cwd.glob("*.checkpoint.sqlite"))
 
 
-def test_a_missing_input_prefix_names_the_url(
-    s3: Any, s3_env: dict[str, str], mock_server: MockServer, fast_config: Path, tmp_path: Path
-) -> None:
-    result = batchrun(tmp_path, s3_env, *job_args(mock_server, fast_config))
+def test_a_missing_input_prefix_names_the_url(store: Store, mock_server: MockServer) -> None:
+    result = store.run(*job_args(mock_server, store.config))
     assert result.returncode == 2, result.stderr
     assert f"s3://{BUCKET}/prompts/" in result.stderr and "not found" in result.stderr
 
 
 def test_partitioned_output_in_the_store_reads_back_in_input_order(
-    s3: Any,
-    s3_env: dict[str, str],
-    mock_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
+    store: Store, mock_server: MockServer
 ) -> None:
-    inputs = two_files(s3, tmp_path, 25)
-    args = job_args(mock_server, fast_config, "--output-partition-rows", "10")
-    args[args.index("-o") + 1] = f"s3://{BUCKET}/out/labels"
-    result = batchrun(tmp_path, s3_env, *args)
+    inputs = store.two_files(25)
+    args = job_args(mock_server, store.config, "--output-partition-rows", "10")
+    result = store.run(*with_output(args, f"s3://{BUCKET}/out/labels"))
     assert result.returncode == 0, result.stderr
-    parts = [k for k in keys(s3, "out/labels/") if k.endswith(".parquet")]
+    parts = [k for k in store.objects("out/labels/") if k.endswith(".parquet")]
     assert parts == [f"out/labels/part-0000{i}.parquet" for i in range(3)]
-    assert "out/labels/_SUCCESS" in keys(s3, "out/labels/")
-    rows = [r for key in parts for r in read_object(s3, key)]
-    assert [len(read_object(s3, k)) for k in parts] == [10, 10, 5]
-    assert_all_answered(rows, inputs)
+    assert "out/labels/_SUCCESS" in store.objects("out/labels/")
+    assert [len(store.read(k)) for k in parts] == [10, 10, 5]
+    assert_all_answered([r for key in parts for r in store.read(key)], inputs)
 
 
 def test_uploaded_checkpoint_answers_the_next_night_with_reuse(
-    s3: Any,
-    s3_env: dict[str, str],
-    mock_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
+    store: Store, mock_server: MockServer
 ) -> None:
-    inputs = two_files(s3, tmp_path, 12)
-    first = tmp_path / "first"
+    inputs = store.two_files(12)
+    first, second = store.cwd / "first", store.cwd / "second"
     first.mkdir()
-    config = tmp_path / "job.toml"
-    config.write_text(fast_config.read_text() + "checkpoint_upload = true\n")
-    result = batchrun(first, s3_env, *job_args(mock_server, config))
-    assert result.returncode == 0, result.stderr
-    assert "out/labels.parquet.checkpoint.sqlite" in keys(s3, "out/")
-    # The next night: a fresh machine (an empty working folder), the same prompts.
-    second = tmp_path / "second"
     second.mkdir()
+    config = store.cwd / "job.toml"
+    config.write_text(store.config.read_text() + "checkpoint_upload = true\n")
+    result = store.run(*job_args(mock_server, config), cwd=first)
+    assert result.returncode == 0, result.stderr
+    assert "out/labels.parquet.checkpoint.sqlite" in store.objects("out/")
+    # The next night: a fresh machine (an empty working folder), the same prompts.
     sent = mock_server.stats()["submissions"]
-    reuse = f"s3://{BUCKET}/out/labels.parquet.checkpoint.sqlite"
-    again = job_args(mock_server, fast_config, "--reuse", reuse)
-    again[again.index("-o") + 1] = f"s3://{BUCKET}/out/labels-2.parquet"
-    result = batchrun(second, s3_env, *again)
+    reuse = f"{OUTPUT}.checkpoint.sqlite"
+    again = job_args(mock_server, store.config, "--reuse", reuse)
+    result = store.run(*with_output(again, f"s3://{BUCKET}/out/labels-2.parquet"), cwd=second)
     assert result.returncode == 0, result.stderr
     assert mock_server.stats()["submissions"] == sent  # every answer came from the copy
-    rows = read_object(s3, "out/labels-2.parquet")
+    rows = store.read("out/labels-2.parquet")
     assert_all_answered(rows, inputs)
     assert all(r["reused"] for r in rows)
     assert not [p for p in second.iterdir() if p.name.startswith(".reuse")]
 
 
 def test_endpoint_url_in_the_config_reaches_the_store_without_the_variable(
-    s3: Any,
-    s3_env: dict[str, str],
-    mock_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
+    store: Store, mock_server: MockServer
 ) -> None:
-    inputs = two_files(s3, tmp_path, 6)
-    env = dict(s3_env)
+    inputs = store.two_files(6)
+    env = dict(store.env)
     endpoint = env.pop("AWS_ENDPOINT_URL")
-    config = tmp_path / "job.toml"
-    config.write_text(fast_config.read_text() + f'endpoint_url = "{endpoint}"\n')
-    stripped = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "batchrun", *job_args(mock_server, config)],
-        cwd=tmp_path,
-        env={**stripped, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    config = store.cwd / "job.toml"
+    config.write_text(store.config.read_text() + f'endpoint_url = "{endpoint}"\n')
+    result = store.run(*job_args(mock_server, config), env=env)
     assert result.returncode == 0, result.stderr
-    assert_all_answered(read_object(s3, "out/labels.parquet"), inputs)
+    assert_all_answered(store.read("out/labels.parquet"), inputs)
 
 
-def test_export_writes_to_the_store(
-    s3: Any,
-    s3_env: dict[str, str],
-    mock_server: MockServer,
-    fast_config: Path,
-    tmp_path: Path,
-) -> None:
+def test_export_writes_to_the_store(store: Store, mock_server: MockServer) -> None:
     rows = prompts(5)
-    local = write_jsonl(tmp_path / "in.jsonl", rows)
-    out = tmp_path / "out.parquet"
-    ran = batchrun(
-        tmp_path,
-        s3_env,
-        "run",
-        str(local),
-        "-o",
-        str(out),
-        "--base-url",
-        mock_server.base_url,
-        "-c",
-        str(fast_config),
-    )
+    local = write_jsonl(store.cwd / "in.jsonl", rows)
+    out = store.cwd / "out.parquet"
+    ran = store.run(
+        "run", str(local), "-o", str(out), "--base-url", mock_server.base_url,
+        "-c", str(store.config),
+    )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
-    exported = batchrun(tmp_path, s3_env, "export", str(out), "-o", f"s3://{BUCKET}/x.parquet")
+    exported = store.run("export", str(out), "-o", f"s3://{BUCKET}/x.parquet")
     assert exported.returncode == 0, exported.stderr
-    assert_all_answered(read_object(s3, "x.parquet"), rows)
+    assert_all_answered(store.read("x.parquet"), rows)

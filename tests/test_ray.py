@@ -181,3 +181,23 @@ def test_a_resume_on_ray_does_not_upload_an_image_again(
     assert result.returncode == 0, result.stderr
     assert [r["status"] for r in read_output(out)] == ["ok", "ok"]
     assert mock_server.stats()["asset_uploads"] == 1  # the id came from the checkpoint
+
+
+def test_answers_that_fail_the_schema_are_asked_again_on_ray(
+    mock_server: MockServer, fast_config: Path, tmp_path: Path
+) -> None:
+    from .test_validation import job_config
+
+    data = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"id": f"r{i}", "prompt": f"Row {i} is great [mock:offschemax1]"} for i in range(8)],
+    )
+    out = tmp_path / "out.parquet"
+    config = job_config(tmp_path, fast_config)
+    result = run_cli(*run_args(data, out, mock_server, config, *RAY, "--no-thinking"), timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = read_output(out)
+    assert all(r["status"] == "ok" and r["validation_attempts"] == 2 for r in rows)
+    status = json.loads(run_cli("status", "--json", str(out)).stdout)
+    assert status["rejected"] == {"rows": 8, "answers": 8}
+    assert mock_server.stats()["submissions"] == 16

@@ -1,7 +1,7 @@
 """`make bench`: run the selected benchmarks and write the results document.
 
     python -m benchmarks.bench [--quick] [--results PATH] [--workdir PATH]
-        [--only throughput,latency,memory,resume,ledger,pending,rate,engines,hotpath]
+        [--only throughput,latency,memory,remote,resume,ledger,pending,rate,engines,hotpath]
 
 Full sizes write benchmarks/RESULTS.md; --quick (small sizes, a smoke test of the suite
 itself) writes out/bench/RESULTS-quick.md unless --results says otherwise. Work files and
@@ -31,6 +31,7 @@ from benchmarks.hotpath import hotpath  # noqa: E402
 from benchmarks.ledger import ledger  # noqa: E402
 from benchmarks.measure import load_average, machine  # noqa: E402
 from benchmarks.protocol import pending, rate  # noqa: E402
+from benchmarks.remote import remote_memory  # noqa: E402
 from benchmarks.report import Section, Verdict, render, write  # noqa: E402
 from benchmarks.scale import memory, resume  # noqa: E402
 
@@ -39,6 +40,7 @@ SUITES = {
     "throughput": throughput,
     "latency": latency,
     "memory": memory,
+    "remote": remote_memory,
     "resume": resume,
     "ledger": ledger,
     "pending": pending,
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     sections: list[Section] = []
     try:
-        if {"throughput", "memory", "resume", "hotpath"} & set(args.only):
+        if {"throughput", "memory", "remote", "resume", "hotpath"} & set(args.only):
             ctx.fixed_endpoint()
         for name in args.only:
             log(f"--- {name}")

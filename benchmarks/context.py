@@ -20,6 +20,7 @@ FULL: dict[str, Any] = {
     "rounds": 5,
     "openai_rounds": 3,  # the SDK loop is ~15x slower: it sits out the last rounds
     "memory_rows": (20_000, 200_000, 1_000_000),
+    "remote_rounds": 2,  # local, remote, local, remote on the largest memory_rows
     "resume_reps": 3,
     "resume_rows": (1_000_000, 5_000_000),
     "resume_left": 500_000,
@@ -39,6 +40,7 @@ QUICK: dict[str, Any] = {
     "rounds": 2,
     "openai_rounds": 2,
     "memory_rows": (2_000, 20_000, 100_000),
+    "remote_rounds": 1,
     "resume_reps": 2,
     "resume_rows": (20_000, 100_000),
     "resume_left": 10_000,

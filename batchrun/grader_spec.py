@@ -32,7 +32,7 @@ from jsonschema.validators import validator_for
 
 from .config import Source
 from .errors import ConfigError
-from .judge_config import JUDGE_KEYS, JudgeSpec, read_judge
+from .judge_config import JUDGE_KEYS, JudgeSpec, compile_regex, read_judge
 
 
 class GraderKind(StrEnum):
@@ -256,10 +256,7 @@ def _regex(where: _Where, table: Mapping[str, Any], *, has_expected: bool) -> di
     text = table.get("pattern")
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{where.key('pattern')}: a regex grader needs a pattern (a string)")
-    try:
-        pattern = re.compile(text)
-    except re.error as exc:
-        raise ConfigError(f"{where.key('pattern')}: not a regular expression ({exc})") from None
+    pattern = compile_regex(where.key("pattern"), text)
     group = table.get("expected_group")
     if group is None:
         if has_expected or "expected_column" in table:

@@ -174,14 +174,19 @@ def _read_text(key: str, file: Path) -> str:
         raise ConfigError(f"{key}: cannot read {file}: {exc}") from None
 
 
+def compile_regex(label: str, text: str) -> re.Pattern[str]:
+    """A sweep file's regular expression, or a ConfigError naming where it was written."""
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ConfigError(f"{label}: not a regular expression ({exc})") from None
+
+
 def _verdict(label: Callable[[str], str], table: Mapping[str, Any]) -> re.Pattern[str]:
     text = table.get("verdict_pattern", DEFAULT_VERDICT)
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{label('verdict_pattern')} must be a regular expression")
-    try:
-        pattern = re.compile(text)
-    except re.error as exc:
-        raise ConfigError(f"{label('verdict_pattern')}: not a regular expression ({exc})") from None
+    pattern = compile_regex(label("verdict_pattern"), text)
     if pattern.groups < 1:
         raise ConfigError(
             f"{label('verdict_pattern')}: needs a group around the verdict word, as in "

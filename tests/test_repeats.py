@@ -13,7 +13,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from batchrun import codec
@@ -30,6 +29,7 @@ from batchrun.testing import MockServer, MockSettings
 
 from .conftest import billed_when_quiet, prompts, run_cli, write_jsonl
 from .ledger import row_states
+from .test_e2e import read_output, run_args
 
 LOC = "in.jsonl:1"
 
@@ -207,15 +207,6 @@ def test_dry_run_counts_and_estimates_multiply_by_n(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- end to end
-
-
-def run_args(data: Path, out: Path, server: MockServer, config: Path, *extra: str) -> list[str]:
-    args = ["run", str(data), "-o", str(out), "--base-url", server.base_url, "-c", str(config)]
-    return [*args, "--no-progress", *extra]
-
-
-def read_output(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()
 
 
 @pytest.mark.slow

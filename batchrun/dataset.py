@@ -69,7 +69,7 @@ class InputFile:
         """What pyarrow's readers that seek take: the path, or the store's open file."""
         if self.remote is not None:
             return remote.open_random_access(self.remote)
-        return self.path
+        return str(self.path)
 
 
 @dataclass(slots=True)
@@ -203,8 +203,7 @@ def _reader(source: InputFile) -> Iterator[SourceRow]:
         csv = source.open_stream() if source.remote is not None else str(source.path)
         return formats.read_csv(source.name, csv, "," if kind == "csv" else "\t")
     if kind == "arrow":
-        arrow = source.open_random_access()
-        return formats.read_arrow(source.name, arrow if source.remote else str(arrow))
+        return formats.read_arrow(source.name, source.open_random_access())
     return _read_parquet(source) if kind == "parquet" else _read_jsonl(source)
 
 

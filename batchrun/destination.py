@@ -12,16 +12,15 @@ never reads a mix of two runs. pyarrow, pandas, DuckDB and Spark skip files name
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import remote
-from .checkpoint import CheckpointReader
+from .checkpoint import Checkpoint, CheckpointReader
 from .config import RunConfig
 from .errors import ConfigError
-from .paths import CHECKPOINT_SUFFIX
+from .paths import CHECKPOINT_SUFFIX, url_as_name
 from .results import remove, write_openai_jsonl, write_output
 from .validation import schema_of
 
@@ -72,7 +71,7 @@ def write_outputs(
     for kind, target in paths.items():
         if remote.is_remote(target):
             obj = remote.resolve(target, settings.endpoint_url)
-            local = staging / _staged_name(target)
+            local = staging / f".upload-{url_as_name(target)}"
             errors = _write(checkpoint, local, kind, settings)
             _upload(local, obj, folder=kind == "parquet" and bool(settings.output_partition_rows))
             remove(local)
@@ -96,12 +95,6 @@ def _write(checkpoint: CheckpointReader, path: Path, kind: str, settings: Output
         validated=settings.validated,
     )
     return parse_errors
-
-
-def _staged_name(url: str) -> str:
-    """A local name unique to the URL: two jobs staging in one folder stay apart."""
-    scheme, rest = url.split("://", 1)
-    return ".upload-" + "-".join(p for p in [scheme, *rest.split("/")] if p)
 
 
 def _upload(local: Path, obj: remote.RemoteObject, *, folder: bool) -> None:
@@ -162,20 +155,13 @@ def _refuse_the_checkpoint(checkpoint: Path, paths: Iterable[str]) -> None:
             )
 
 
-def upload_checkpoint(checkpoint: Path, output: str, endpoint_url: str | None) -> str:
-    """A consistent copy of the checkpoint (SQLite's backup, even mid-write) put beside a
-    store's output as OUTPUT.checkpoint.sqlite, where `--reuse` can take it next time.
-    Returns its URL."""
+def upload_checkpoint(checkpoint: Checkpoint, output: str, endpoint_url: str | None) -> str:
+    """A consistent copy of the job's open checkpoint put beside a store's output as
+    OUTPUT.checkpoint.sqlite, where `--reuse` can take it next time. Returns its URL."""
     url = output.rstrip("/") + CHECKPOINT_SUFFIX
-    local = checkpoint.with_name(f".{checkpoint.name}.upload")
+    local = checkpoint.path.with_name(f".{checkpoint.path.name}.upload")
     try:
-        source = sqlite3.connect(f"file:{checkpoint}?mode=ro", uri=True)
-        copy = sqlite3.connect(local)
-        try:
-            source.backup(copy)
-        finally:
-            copy.close()
-            source.close()
+        checkpoint.copy_to(local)
         remote.upload(local, remote.resolve(url, endpoint_url))
     finally:
         local.unlink(missing_ok=True)
@@ -187,6 +173,6 @@ def local_copy(url: str, folder: Path, endpoint_url: str | None) -> Path:
     obj = remote.resolve(url, endpoint_url)
     if remote.kind(obj) == "missing":
         raise ConfigError(f"--reuse {url}: no such checkpoint or output in the store")
-    local = folder / (".reuse" + _staged_name(url).removeprefix(".upload"))
+    local = folder / f".reuse-{url_as_name(url)}"
     remote.download(obj, local)
     return local

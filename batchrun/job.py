@@ -188,7 +188,7 @@ def _finish(
         checkpoint, cfg.output, output_settings(cfg), cfg.checkpoint_path.parent
     )
     if cfg.checkpoint_upload and is_remote(cfg.output):
-        url = upload_checkpoint(cfg.checkpoint_path, cfg.output, cfg.endpoint_url)
+        url = upload_checkpoint(checkpoint, cfg.output, cfg.endpoint_url)
         log.info("checkpoint copied to %s", url)
     counts = checkpoint.counts()
     totals = checkpoint.totals()

@@ -18,10 +18,15 @@ def default_checkpoint_path(output: str) -> Path:
     the working folder named after the URL: s3://bkt/out/x.parquet ->
     ./s3-bkt-out-x.parquet.checkpoint.sqlite."""
     if is_remote(output):
-        scheme, rest = output.split("://", 1)
-        name = "-".join(part for part in [scheme, *rest.split("/")] if part)
-        return Path.cwd() / (name + CHECKPOINT_SUFFIX)
+        return Path.cwd() / (url_as_name(output) + CHECKPOINT_SUFFIX)
     return Path(output + CHECKPOINT_SUFFIX)
+
+
+def url_as_name(url: str) -> str:
+    """A store's URL as one local file name (s3://bkt/out/x -> s3-bkt-out-x): files kept for
+    different URLs in one folder stay apart."""
+    scheme, rest = url.split("://", 1)
+    return "-".join(part for part in [scheme, *rest.split("/")] if part)
 
 
 def job_path(given: str) -> Path:

@@ -5,9 +5,9 @@ here; the checkpoint never does (SQLite needs a local disk).
 
 pyarrow's own filesystems come first: pyarrow is already loaded for Parquet, they take the
 usual credential chains (environment, profile files, instance roles) and the standard
-`AWS_ENDPOINT_URL`, and they cost a job's memory far less than s3fs and botocore would (see
-benchmarks/RESULTS.md). A scheme pyarrow does not know (`hf://`, `memory://`) goes through
-fsspec when it is installed.
+`AWS_ENDPOINT_URL`, and they need no botocore (what they add to a job's memory is measured in
+benchmarks/RESULTS.md, "Memory: remote input"). A scheme pyarrow does not know (`hf://`,
+`memory://`) goes through fsspec when it is installed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .faults import crash_point
 
 # Metadata keys that name an object's content, as each store spells them: S3 and Azure send
 # an ETag, GCS a generation, fsspec's stores one of the others.
-CONTENT_KEYS = ("etag", "generation", "x-goog-generation", "md5hash", "version_id", "oid", "sha")
+CONTENT_KEYS = ("etag", "generation", "x_goog_generation", "md5hash", "version_id", "oid", "sha")
 COPY_BLOCK = 8 << 20
 
 
@@ -162,7 +162,7 @@ def _metadata(obj: RemoteObject) -> tuple[dict[str, str], int]:
 
 def _key(name: Any) -> str:
     text = name.decode() if isinstance(name, bytes) else str(name)
-    return text.lower().replace("-", "_") if text.lower() != "x-goog-generation" else text.lower()
+    return text.lower().replace("-", "_")
 
 
 def open_input(obj: RemoteObject, compression: str | None = None) -> IO[bytes]:

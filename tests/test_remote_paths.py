@@ -68,7 +68,8 @@ def test_config_paths_are_relative_to_the_file_but_urls_are_kept(tmp_path: Path)
 @pytest.fixture
 def memory_store() -> object:
     store = fsspec.filesystem("memory")
-    store.rm("/", recursive=True) if store.ls("/") else None
+    if store.ls("/"):  # the memory store is one per process: empty it for each test
+        store.rm("/", recursive=True)
     return store
 
 

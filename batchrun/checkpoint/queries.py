@@ -26,7 +26,7 @@ from .figures import (
     TimelinePage,
     Totals,
 )
-from .schema import OPEN, STATE_CODES, STATES, TOTAL_COLUMNS
+from .schema import OPEN, STATE_CODES, STATES, TOTAL_COLUMNS, has_table
 from .values import decode_extra, decode_request_id, hash_hex
 
 P = TypeVar("P")
@@ -146,9 +146,7 @@ class CheckpointReader:
 
     def answers_rejected(self) -> tuple[int, int]:
         """(rows asked again, answers rejected) for failing the job's schema so far."""
-        if not self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'validations'"
-        ).fetchone():
+        if not has_table(self._conn, "validations"):
             return 0, 0  # a checkpoint from before schema 4, read without upgrading it
         rows, answers = self._conn.execute(
             "SELECT count(*), coalesce(sum(rejected), 0) FROM validations WHERE rejected > 0"

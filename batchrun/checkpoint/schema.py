@@ -317,5 +317,10 @@ def _record(conn: sqlite3.Connection, migration: Migration) -> None:
     )
 
 
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the checkpoint has table `name` (one an older schema lacks, read as it is)."""
+    return name in _tables(conn)
+
+
 def _tables(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .schema import has_table
+
 _TOKENS = "prompt_tokens, completion_tokens, total_tokens"
 
 
@@ -37,9 +39,7 @@ def set_aside_results(conn: sqlite3.Connection, chosen: str) -> None:
 def add_set_aside_to_totals(conn: sqlite3.Connection) -> None:
     """After `totals` was summed from the results: add the tokens set aside (none before
     schema 4, which has no such table)."""
-    if not conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'validations'"
-    ).fetchone():
+    if not has_table(conn, "validations"):
         return
     conn.execute(
         "UPDATE totals SET prompt_tokens = prompt_tokens + s.p, "

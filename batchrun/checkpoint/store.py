@@ -24,7 +24,8 @@ from .damage import check_header, damage_error
 from .locate import SQLITE_MAGIC, starts_with
 from .queries import NO_LIMIT, CheckpointReader
 from .schema import APP_ID, OPEN, STATE_CODES, connect, migrate
-from .setaside import add_set_aside_to_totals, set_aside_results
+from .setaside import set_aside_results
+from .upgrade import recount_totals
 from .values import encode_extra
 
 log = logging.getLogger(__name__)
@@ -99,14 +100,19 @@ class Checkpoint(CheckpointReader):
         except FileNotFoundError:
             pass
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        target = sqlite3.connect(self.path)
+        self.copy_to(self.path)
+        log.warning("%s was removed during the run: written again from the open job", self.path)
+        self._inode = os.stat(self.path).st_ino
+        return True
+
+    def copy_to(self, path: Path) -> None:
+        """A whole, consistent copy of the checkpoint at `path` (SQLite's backup, from this
+        open connection, even while the job writes)."""
+        target = sqlite3.connect(path)
         try:
             self._conn.backup(target)
         finally:
             target.close()
-        log.warning("%s was removed during the run: written again from the open job", self.path)
-        self._inode = os.stat(self.path).st_ino
-        return True
 
     # ---- meta
 
@@ -295,15 +301,7 @@ def _item_values(new: IngestRow, extra_names: Sequence[str]) -> tuple[Any, ...]:
 def recount_totals_sql(conn: sqlite3.Connection) -> None:
     """The totals row, in one transaction, from the answers kept (after a damaged one)."""
     conn.execute("BEGIN")
-    conn.execute("DELETE FROM totals")
-    conn.execute(
-        "INSERT INTO totals SELECT 1, coalesce(sum(prompt_tokens), 0), "
-        "coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0), "
-        "coalesce(sum(attempts), 0), coalesce(sum(reused), 0), "
-        "coalesce(sum(CASE WHEN reused THEN 0 ELSE prompt_tokens END), 0), "
-        "coalesce(sum(CASE WHEN reused THEN 0 ELSE completion_tokens END), 0) FROM results"
-    )
-    add_set_aside_to_totals(conn)
+    recount_totals(conn)  # the same sums an upgrade makes (live rows' attempts included)
     conn.execute("COMMIT")
 
 

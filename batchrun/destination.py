@@ -103,12 +103,13 @@ def _upload(local: Path, obj: remote.RemoteObject, *, folder: bool) -> None:
         return
     marker = remote.child(obj, SUCCESS_MARKER)
     remote.delete_if_there(marker)
-    before = {o.name for o in remote.list_files(obj)}
-    parts = sorted(p.name for p in local.iterdir())
-    for name in parts:
-        remote.upload(local / name, remote.child(obj, name))
-    for name in sorted(before - set(parts) - {SUCCESS_MARKER}):
-        if name.startswith("part-"):  # a part of an earlier, longer output
+    before = {o.name for o in remote.list_files(obj, recursive=False)}
+    parts = {p.name for p in local.iterdir()}
+    for name in sorted(parts):
+        remote.upload(local / name, remote.child(obj, name), tidy=False)  # tidied once below
+    for name in sorted(before - parts - {SUCCESS_MARKER}):
+        # A part of an earlier, longer output, or an upload of a part a kill cut short.
+        if name.startswith("part-") or remote.leftover_target(name) in parts:
             remote.delete_if_there(remote.child(obj, name))
     remote.put_bytes(marker, b"")
 

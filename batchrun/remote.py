@@ -120,11 +120,11 @@ def kind(obj: RemoteObject) -> str:
     return "directory" if info.type == FileType.Directory else "missing"
 
 
-def list_files(obj: RemoteObject) -> list[RemoteObject]:
-    """Every object under a prefix, recursively, sorted by path."""
+def list_files(obj: RemoteObject, *, recursive: bool = True) -> list[RemoteObject]:
+    """Every object under a prefix (or only right in it), sorted by path."""
     from pyarrow.fs import FileSelector, FileType
 
-    selector = FileSelector(obj.path, recursive=True, allow_not_found=True)
+    selector = FileSelector(obj.path, recursive=recursive, allow_not_found=True)
     infos = call(obj.url, lambda: obj.fs.get_file_info(selector))
     base = obj.url.rstrip("/")
     prefix = obj.path.rstrip("/")
@@ -188,12 +188,14 @@ def parent(obj: RemoteObject) -> RemoteObject:
     return RemoteObject(url, obj.fs, path)
 
 
-def upload(local: Path, obj: RemoteObject) -> None:
+def upload(local: Path, obj: RemoteObject, *, tidy: bool = True) -> None:
     """Put a finished local file at `obj` so that it appears whole or not at all.
 
     The bytes go to a temporary object beside it, which is then moved (a server-side copy)
     onto the final name: a kill during the upload leaves at most the temporary object (or an
     upload the store never completes), never a half-written object under the final name.
+    `tidy`: then remove such leftovers of earlier uploads of `obj` (a caller uploading many
+    objects into one folder lists it once instead: destination.py).
     """
     tmp = child(parent(obj), f".{obj.name}.{os.getpid()}.tmp")
     try:
@@ -201,7 +203,8 @@ def upload(local: Path, obj: RemoteObject) -> None:
             shutil.copyfileobj(src, cast(Any, dst), COPY_BLOCK)
             crash_point("upload")  # the tests kill here: an upload never completed
         obj.fs.move(tmp.path, obj.path)
-        _remove_stale_temps(obj)
+        if tidy:
+            _remove_stale_temps(obj)
     except OSError as exc:
         raise ConfigError(f"cannot write {obj.url}: {_short(exc)}") from None
     finally:
@@ -211,14 +214,17 @@ def upload(local: Path, obj: RemoteObject) -> None:
 def _remove_stale_temps(obj: RemoteObject) -> None:
     """Temporary objects an upload killed between its write and its move left beside `obj`
     (the checkpoint's lock lets one run of a job write at a time)."""
-    stale = f".{obj.name}."
-    for other in list_files(parent(obj)):
-        if (
-            other.name.startswith(stale)
-            and other.name.endswith(".tmp")
-            and "/" not in (other.path[len(parent(obj).path) + 1 :])
-        ):
+    for other in list_files(parent(obj), recursive=False):
+        if leftover_target(other.name) == obj.name:
             _delete_quietly(other)
+
+
+def leftover_target(name: str) -> str | None:
+    """The object an upload's temporary object `.NAME.PID.tmp` was for (see upload)."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    target, _, pid = name[1 : -len(".tmp")].rpartition(".")
+    return target if pid.isdigit() and target else None
 
 
 def put_bytes(obj: RemoteObject, data: bytes) -> None:

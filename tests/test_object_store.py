@@ -183,6 +183,8 @@ def test_killed_during_the_upload_leaves_no_object_and_uploads_on_resume(
     store: Store, mock_server: MockServer
 ) -> None:
     inputs = store.two_files()
+    # What a kill between an upload's write and its move leaves: removed by the next upload.
+    store.client.put_object(Bucket=BUCKET, Key="out/.labels.parquet.4242.tmp", Body=b"half")
     args = job_args(mock_server, store.config)
     killed = store.run(*args, env={**store.env, "BATCHRUN_CRASH_AT": "upload:1"})
     assert killed.returncode == -9, killed.stderr
@@ -230,12 +232,16 @@ def test_partitioned_output_in_the_store_reads_back_in_input_order(
     store: Store, mock_server: MockServer
 ) -> None:
     inputs = store.two_files(25)
+    # An earlier, longer output's last part, and a part upload a kill cut short: both go.
+    for stale in ("part-00007.parquet", ".part-00001.parquet.4242.tmp"):
+        store.client.put_object(Bucket=BUCKET, Key=f"out/labels/{stale}", Body=b"old")
     args = job_args(mock_server, store.config, "--output-partition-rows", "10")
     result = store.run(*with_output(args, f"s3://{BUCKET}/out/labels"))
     assert result.returncode == 0, result.stderr
     parts = [k for k in store.objects("out/labels/") if k.endswith(".parquet")]
     assert parts == [f"out/labels/part-0000{i}.parquet" for i in range(3)]
-    assert "out/labels/_SUCCESS" in store.objects("out/labels/")
+    objects = {k for k in store.objects("out/labels/") if not k.endswith("/")}  # no dir marker
+    assert objects == {*parts, "out/labels/_SUCCESS"}  # the stale part and leftover are gone
     assert [len(store.read(k)) for k in parts] == [10, 10, 5]
     assert_all_answered([r for key in parts for r in store.read(key)], inputs)
 

@@ -40,6 +40,13 @@ def test_what_counts_as_a_store_url(location: str, expected: bool) -> None:
     assert remote.is_remote(location) is expected
 
 
+def test_an_uploads_leftover_names_what_it_was_for() -> None:
+    assert remote.leftover_target(".labels.parquet.4242.tmp") == "labels.parquet"
+    assert remote.leftover_target(".part-00001.parquet.7.tmp") == "part-00001.parquet"
+    for other in ("labels.parquet", ".labels.parquet.tmp", ".x.pid.tmp", "..1.tmp"):
+        assert remote.leftover_target(other) is None
+
+
 def test_a_store_output_keeps_its_checkpoint_in_the_working_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,7 +36,8 @@ from .errors import (
 )
 from .records import Completion
 from .responses import StreamAssembler, is_problem_json
-from .retry import classify_status
+from .retry import AUTH_STATUSES, classify_status
+from .server_limits import ServerLimits, read_server_limits
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_READ_MARGIN = 60.0
+PROBE_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class Answer:
     location: str | None = None  # set for a 302 large result
     completion: Completion | None = None  # set when assembled from a stream
     raw: str | None = None  # assembled answer of a stream
+    limits: ServerLimits | None = None  # the server's x-ratelimit-* headers, if it sent any
 
     @property
     def pending(self) -> bool:
@@ -122,6 +125,7 @@ class EndpointClient:
     def __init__(self, transport: Transport, cfg: RunConfig) -> None:
         self._transport = transport
         self._chat_url = cfg.chat_url()
+        self._models_url = cfg.base_url.rstrip("/") + "/models"
         self._key_env = cfg.api_key_env
         self._timeout = cfg.timeout
         self._poll_timeout = min(cfg.timeout, cfg.hold_seconds + POLL_READ_MARGIN)
@@ -144,8 +148,25 @@ class EndpointClient:
         ) as resp:
             _log_answer("POST", self._chat_url, resp)
             if resp.status == 200 and "text/event-stream" in resp.headers.get("content-type", ""):
-                return await self._read_stream(resp, started)
-            return await self._answer(resp)
+                answer = await self._read_stream(resp, started)
+            else:
+                answer = await self._answer(resp)
+            answer.limits = read_server_limits(resp.headers)
+            return answer
+
+    async def probe(self) -> bool:
+        """Whether the endpoint answers at all: `GET {base_url}/models`, which buys nothing.
+        Any answer but a 5xx is one (a server without the route answers 404); a refused
+        key raises AuthError; a connection that fails raises TransportError."""
+        async with self._transport.request(
+            "GET", self._models_url, headers={"Accept": "application/json"},
+            time_limit=min(self._timeout, PROBE_TIMEOUT_S),
+        ) as resp:  # fmt: skip
+            _log_answer("GET", self._models_url, resp)
+            body = await resp.read()
+            if resp.status in AUTH_STATUSES:
+                raise classify_status(resp.status, resp.headers, body, self._key_env)
+            return resp.status < 500
 
     async def poll(self, request_id: str) -> Answer:
         """One long-poll. Raises RequestExpired when the id is unknown to the server."""

@@ -14,8 +14,8 @@ BASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "str"), ("status", "str"), ("content", "str"), ("reasoning_content", "str"),
     ("tool_calls", "str"), ("finish_reason", "str"), ("prompt_tokens", "int"),
     ("completion_tokens", "int"), ("total_tokens", "int"), ("model", "str"),
-    ("request_id", "str"), ("attempts", "int32"), ("latency_s", "float"), ("ttft_s", "float"),
-    ("error", "str"), ("reused", "bool"), ("request_hash", "str"),
+    ("endpoint", "str"), ("request_id", "str"), ("attempts", "int32"), ("latency_s", "float"),
+    ("ttft_s", "float"), ("error", "str"), ("reused", "bool"), ("request_hash", "str"),
 )  # fmt: skip
 # Columns --parse-json adds (and the --extract fields after them).
 PARSED_COLUMNS = ("parsed", "parse_error")

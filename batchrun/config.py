@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from .body_fields import check_body_fields
 from .config_keys import VALIDATORS, load_tools_file, request_params
+from .endpoints import EndpointSpec, endpoint_config
 from .errors import ConfigError
 from .paths import default_checkpoint_path, from_config_folder
 from .repeats import check_repeats
@@ -51,6 +52,7 @@ class RunConfig:
     inputs: tuple[str, ...] = ()
     output: str = ""
     base_url: str = NVIDIA_BASE_URL
+    endpoints: tuple[EndpointSpec, ...] = ()  # [[endpoints]]: a pool (endpoints.py)
     model: str = NVIDIA_MODEL
     api_key_env: str = "NVIDIA_API_KEY"
     rpm: int = 40
@@ -186,10 +188,10 @@ class RunConfig:
         """What the work is: inputs plus every setting that changes what is sent. Not
         `limit`: a job whose limit is raised goes on (new rows are read), one whose limit is
         lowered shows fewer rows; neither is another job. `repeats` only when over 1, so that
-        a job without repeats keeps the fingerprint it had before there were any."""
+        a job without repeats keeps the fingerprint it had before there were any. Nor where
+        it is sent: endpoints come and go without making another job (endpoints.py)."""
         identity = {
             "inputs": input_digests,
-            "base_url": self.base_url.rstrip("/"),
             "body": self.body_template(),
             "prompt_template": self.prompt_template,
             "system_prompt": self.system_prompt,
@@ -367,6 +369,18 @@ def _check_consistency(cfg: RunConfig, labels: _Labels) -> None:
         raise ConfigError(f"{labels.param('model')}: set the model with --model / model = ...")
     check_body_fields(cfg.params, labels.param, nvidia=cfg.is_nvidia())
     check_repeats(cfg.repeats, cfg.params, cfg.drop_params, labels.key("repeats"))
+    if cfg.engine == "ray" and cfg.endpoints:
+        raise ConfigError(
+            f"{labels.key('endpoints')}: the Ray engine sends to the job's base_url alone; "
+            'run an endpoint pool with engine = "local" (README: Endpoint pools)'
+        )
+    for spec in cfg.endpoints:
+        own = endpoint_config(cfg, spec)
+        if own.is_nvidia() and own.timeout <= own.hold_seconds:
+            raise ConfigError(
+                f"{labels.key('timeout')} ({own.timeout:g}s) must be longer than the "
+                f"hold_seconds of endpoint {spec.key} ({own.hold_seconds}s)"
+            )
     if cfg.is_nvidia() and cfg.timeout <= cfg.hold_seconds:
         raise ConfigError(
             f"{labels.key('timeout')} ({cfg.timeout:g}s) must be longer than hold_seconds "

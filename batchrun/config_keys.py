@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .endpoints import check_endpoints
 from .errors import ConfigError
 from .urls import http_url, status_url_template, url_template
 
@@ -295,6 +296,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "inputs": _inputs,
     "output": _string,
     "base_url": _http_url,
+    "endpoints": check_endpoints,
     "model": _string,
     "api_key_env": _env_name,
     "rpm": _rpm,

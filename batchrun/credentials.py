@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from .config import RunConfig
+from .endpoints import endpoint_config, endpoint_specs
 from .errors import AuthError, ConfigError
 from .urls import is_nvidia_host, sends_key_in_clear
 
@@ -35,3 +36,11 @@ def read_api_key(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> st
             "use https, or pass --allow-insecure-http if this network is trusted"
         )
     return key
+
+
+def read_keys(cfg: RunConfig, environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Each endpoint's key by endpoint key (endpoints.py), checked as `read_api_key` does:
+    a pool whose variable is unset for an NVIDIA endpoint does not start."""
+    return {
+        spec.key: read_api_key(endpoint_config(cfg, spec), environ) for spec in endpoint_specs(cfg)
+    }

@@ -2,7 +2,8 @@
 
 Ids the server already holds go first, a task each at once (NVCF drops an id nobody polls).
 New rows go through a queue to a fixed pool of workers, one row at a time each: no task per
-row, and at most `max_pending` rows between their first submission and their answer. Rows
+row, and at most `max_pending` rows (summed over the endpoints) between their first
+submission and their answer. Rows
 are read from the checkpoint a page at a time, in input order, off the event loop.
 """
 
@@ -43,7 +44,8 @@ async def items(
 
 async def dispatch(engine: Engine, source: PageSource) -> None:
     """Run every unfinished row: held ids first, then the rest, in input order."""
-    capacity = Capacity(engine.cfg.max_pending)
+    pool = engine.pool
+    capacity = Capacity(pool.max_pending)
     stop_watch = asyncio.create_task(_close_on_stop(engine, capacity))
 
     async def run(item: WorkItem) -> None:
@@ -63,8 +65,8 @@ async def dispatch(engine: Engine, source: PageSource) -> None:
                 for item in page:
                     capacity.take()  # pending at the server: poll now, whatever the limit
                     tasks.create_task(run(item))
-            todo: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=2 * engine.cfg.concurrency)
-            workers = [tasks.create_task(worker(todo)) for _ in range(engine.cfg.max_pending)]
+            todo: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=2 * pool.max_concurrency)
+            workers = [tasks.create_task(worker(todo)) for _ in range(pool.max_pending)]
             async for page in items(source, (RowState.PENDING,), DISPATCH_PAGE):
                 if engine.stopping:
                     break
@@ -74,6 +76,7 @@ async def dispatch(engine: Engine, source: PageSource) -> None:
                 await todo.put(None)
     finally:
         stop_watch.cancel()
+        await pool.close()
 
 
 async def _close_on_stop(engine: Engine, capacity: Capacity) -> None:

@@ -2,10 +2,11 @@
 
 A row's states and moves are lifecycle.py's (the diagram there is the whole story); this
 module decides *when* to move: submit under the rate limit and the cost cap, long-poll a
-202's id (polling.py), store a consume-once answer before parsing it, finish the row. A row
-holds a `concurrency` slot only while a submission is on the wire; polls take no rate-limit
-slot and no concurrency slot, so they are never starved by the submit limiter (NVCF cancels
-an id that is not polled within max(2 x hold, 10) s).
+202's id (polling.py), store a consume-once answer before parsing it, finish the row. Each
+submission goes to the endpoint the pool (pool.py) leases it, and a row holds that
+endpoint's slot only while the submission is on the wire; its 202 id is polled at that
+endpoint alone. Polls take no rate-limit slot and no concurrency slot, so they are never
+starved by the submit limiter (NVCF cancels an id not polled within max(2 x hold, 10) s).
 
 Everything here talks to the parts EngineParts names (factory.py builds them for the local
 runner and for a Ray worker alike), so the same `Engine.run_item` runs in either.
@@ -13,13 +14,12 @@ runner and for a Ray worker alike), so the same `Engine.run_item` runs in either
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from dataclasses import dataclass, replace
 
 from .budget import BudgetSpent, CostGuard
-from .client import Answer, EndpointClient
+from .client import Answer
 from .clock import Clock
 from .config import RunConfig
 from .errors import AuthError, BatchrunError, EndpointError, RequestExpired, StatusError, cause_of
@@ -28,8 +28,8 @@ from .lifecycle import Lifecycle, Outcome, RowState, WorkItem
 from .limits import Limiter, Reservation
 from .media import MediaResolver, has_local_media
 from .monitor import Monitor, failure_budget_spent
-from .payloads import BodyBuilder
 from .polling import Poller
+from .pool import Endpoint, EndpointPool
 from .records import Completion
 from .responses import parse_completion
 from .retry import Action, Decision, History, RetryPolicy, decide
@@ -43,8 +43,7 @@ log = logging.getLogger(__name__)
 class EngineParts:
     """What an engine is wired from besides its config (factory.py builds them)."""
 
-    client: EndpointClient
-    limiter: Limiter
+    pool: EndpointPool
     rows: Lifecycle
     monitor: Monitor
     stop: StopSignal
@@ -64,18 +63,24 @@ class Engine:
     def __init__(self, cfg: RunConfig, parts: EngineParts) -> None:
         self.cfg = cfg
         self.parts = parts
-        self.client, self.rows, self.monitor = parts.client, parts.rows, parts.monitor
+        self.pool, self.rows, self.monitor = parts.pool, parts.rows, parts.monitor
         self.stop, self.costs, self.clock = parts.stop, parts.costs, parts.clock
         self.policy = RetryPolicy.from_config(cfg)
-        self.builder = BodyBuilder(cfg.body_template())
-        self.submit_slots = asyncio.Semaphore(cfg.concurrency)
         schema = cfg.answer_schema()
         self.check = AnswerCheck(schema, cfg.max_validation_retries) if schema else None
-        self.poller = Poller(
-            parts.client, min_interval=cfg.min_poll_interval, max_time=cfg.max_poll_time,
-            policy=self.policy, stop=parts.stop, clock=parts.clock, monitor=parts.monitor,
-            rng=parts.rng,
-        )  # fmt: skip
+        self.pollers = {
+            endpoint.key: Poller(
+                endpoint.client,
+                min_interval=cfg.min_poll_interval,
+                max_time=cfg.max_poll_time,
+                policy=self.policy,
+                stop=parts.stop,
+                clock=parts.clock,
+                monitor=parts.monitor,
+                rng=parts.rng,
+            )  # fmt: skip
+            for endpoint in self.pool.endpoints
+        }
 
     @property
     def stopping(self) -> bool:
@@ -110,7 +115,7 @@ class Engine:
                 self._fail(item, EndpointError(f"internal error: {type(exc).__name__}: {exc}"))
                 return
             self.costs.settle(item, outcome.completion)
-            self._settle_rate(reservation, outcome.completion)
+            self._settle_rate(item, reservation, outcome.completion)
             checked = self._checked(item, outcome)
             if checked is None:
                 continue  # the answer failed the schema: asked again, with what was wrong
@@ -128,33 +133,62 @@ class Engine:
                 return Answer(200, item.request_id, body=item.fetched.encode()), None
             if item.location is not None:
                 return Answer(302, item.request_id, location=item.location), None
-            return await self.poller.until_final(item), None
+            return await self._poll(item), None
         answer, reservation = await self._submit(item)
         if not answer.pending:
             return answer, reservation
         assert answer.request_id is not None  # the client refuses a 202 without one
         self.monitor.accepted()
         self.rows.accept(item, answer.request_id)
-        return await self.poller.until_final(item), reservation
+        return await self._poll(item), reservation
+
+    async def _poll(self, item: WorkItem) -> Answer:
+        """Poll the row's id at the endpoint that issued it, and nowhere else."""
+        endpoint = self._endpoint_of(item)
+        endpoint.pending += 1
+        try:
+            return await self.pollers[endpoint.key].until_final(item)
+        finally:
+            endpoint.pending -= 1
+
+    def _endpoint_of(self, item: WorkItem) -> Endpoint:
+        endpoint = self.pool.find(item.endpoint)
+        if endpoint is None:  # job.py refuses such a run before it starts: a bug if here
+            raise BatchrunError(f"row {item.row_id}: its endpoint {item.endpoint} is gone")
+        return endpoint
 
     async def _submit(self, item: WorkItem) -> tuple[Answer, Reservation]:
         messages, headers = item.messages, None
         if has_local_media(messages):  # inline or upload them first: no submit slot held
             messages, headers = await with_media(self.parts.media, messages)
-        body, stream = self.builder.build_with_stream(messages, item.overrides, self.cfg.stream)
-        async with self.submit_slots:
-            if self.stopping:
-                raise _Stopped
-            reservation = await self.parts.limiter.acquire(item.est_tokens, sleep=self.stop.sleep)
-            if self.stopping:
-                raise _Stopped
-            await self._book(item)
-            self.rows.submit(item, self.clock.wall())
-            self.monitor.sending()
-            try:
-                answer = await self.client.submit(body, stream=stream, extra_headers=headers)
-            finally:
-                self.monitor.sent()
+        if self.stopping:
+            raise _Stopped
+        endpoint = await self.pool.lease(item.est_tokens)
+        try:
+            return await self._send(item, endpoint, messages, headers)
+        finally:
+            self.pool.release(endpoint)
+
+    async def _send(
+        self, item: WorkItem, endpoint: Endpoint, messages: str, headers: dict[str, str] | None
+    ) -> tuple[Answer, Reservation]:
+        """One submission to `endpoint`, whose slot the caller holds."""
+        reservation = await endpoint.limiter.acquire(item.est_tokens, sleep=self.stop.sleep)
+        if self.stopping:
+            raise _Stopped
+        await self._book(item)
+        body, stream = endpoint.builder.build_with_stream(messages, item.overrides, self.cfg.stream)
+        self.rows.submit(item, self.clock.wall(), endpoint.key)
+        self.monitor.sending()
+        started = self.clock.monotonic()
+        try:
+            answer = await endpoint.client.submit(body, stream=stream, extra_headers=headers)
+        except (EndpointError, AuthError) as exc:
+            self.pool.failed(endpoint, exc)
+            raise
+        finally:
+            self.monitor.sent()
+        self.pool.answered(endpoint, self.clock.monotonic() - started, answer.limits)
         return answer, reservation
 
     async def _outcome(self, item: WorkItem, answer: Answer) -> Outcome:
@@ -163,7 +197,7 @@ class Engine:
         if answer.location is not None:  # a link handed out once, like a polled answer
             if item.location is None:
                 await self.rows.locate(item, answer.request_id, answer.location)
-            body = await self.client.download(answer.location, answer.request_id)
+            body = await self._endpoint_of(item).client.download(answer.location, answer.request_id)
         if item.state.holds_request and item.fetched is None and answer.completion is None:
             crash_point("fetched")
             # Consume-once (PROTOCOL.md decision 3): on disk before anything else uses it.
@@ -177,6 +211,7 @@ class Engine:
             status_code=200,
             latency_s=self._latency(item),
             raw=raw,
+            endpoint=item.endpoint,
         )
 
     def _checked(self, item: WorkItem, outcome: Outcome) -> Outcome | None:
@@ -211,6 +246,8 @@ class Engine:
         history = History(
             tries=tries, holds_request=item.state.holds_request, has_location=bool(item.location)
         )
+        if isinstance(exc, AuthError) and not self.pool.all_out():
+            return self._elsewhere(item, exc)  # its endpoint is out; others take the row
         decision = decide(exc, history, self.policy, self.parts.rng)
         if isinstance(exc, RequestExpired):
             self.monitor.rebuying()
@@ -239,7 +276,7 @@ class Engine:
     ) -> bool:
         wait = decision.delay or 0.0
         if decision.action is Action.PAUSE_ALL:
-            pause_everyone(self.parts.limiter, self.monitor, exc, decision)
+            pause_everyone(self._endpoint_of(item).limiter, self.monitor, exc, decision)
             wait = 0.0  # the limiter holds every submission, this row's included
         self.monitor.retrying(item, tries, exc, wait)
         log.debug("row %s: try %d failed (%s); next in %.1fs", item.row_id, tries, exc, wait)
@@ -257,9 +294,20 @@ class Engine:
             self.request_stop(exc)
             raise _Stopped from None
 
-    def _settle_rate(self, reservation: Reservation | None, completion: Completion) -> None:
+    def _elsewhere(self, item: WorkItem, exc: AuthError) -> bool:
+        """A key refused at the row's endpoint while others still work: send the row to
+        them. A row whose answer that endpoint holds stays as it is, for a later run."""
+        if item.state.holds_request:
+            log.warning("row %s: its answer waits at %s, which refused the key", item.row_id,
+                        item.endpoint)  # fmt: skip
+            return False
+        return not self.stopping
+
+    def _settle_rate(
+        self, item: WorkItem, reservation: Reservation | None, completion: Completion
+    ) -> None:
         if reservation is not None:
-            self.parts.limiter.settle(
+            self._endpoint_of(item).limiter.settle(
                 reservation, completion.total_tokens, completion.completion_tokens
             )
 
@@ -277,7 +325,8 @@ class Engine:
                 self.request_stop(spent)
 
     def _fail(self, item: WorkItem, exc: BaseException, request_id: str | None = None) -> None:
-        self._finish(item, failure(exc, request_id or item.request_id, self._latency(item)))
+        outcome = failure(exc, request_id or item.request_id, self._latency(item))
+        self._finish(item, replace(outcome, endpoint=item.endpoint))
 
 
 def failure(exc: BaseException, request_id: str | None, latency_s: float | None) -> Outcome:

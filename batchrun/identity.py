@@ -17,7 +17,7 @@ def fingerprint(identity: Mapping[str, Any]) -> str:
 
 
 # Identity keys of earlier releases that no longer make a job another job.
-RETIRED_IDENTITY_KEYS = ("limit",)
+RETIRED_IDENTITY_KEYS = ("limit", "base_url")
 # Keys left out of an identity at their default (so that older jobs keep their fingerprint),
 # with that default, for messages: `repeats: 1 -> 4`, not `(none) -> 4`.
 IMPLIED = {"repeats": 1}

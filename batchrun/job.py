@@ -31,7 +31,7 @@ from .disk import check_space, disk_stop, fault_path, from_fault
 from .dispatch import run_engine
 from .errors import BatchrunError, DiskError
 from .events import EventLog
-from .factory import Services, build_engine, new_limiter, new_transport
+from .factory import Services, build_engine, new_transports
 from .intake import open_checkpoint
 from .lifecycle import RowState
 from .limits import RateLimiter
@@ -92,7 +92,7 @@ def run_job(
 class _Parts:
     """What a run is wired from, besides its config and checkpoint (tests swap some)."""
 
-    api_key: str | None
+    api_keys: dict[str, str | None]  # by endpoint key
     watcher: Watcher | None
     transport: Transport | None
     limiter: RateLimiter | None
@@ -107,7 +107,7 @@ async def run_job_async(
     limiter: RateLimiter | None = None,
 ) -> JobResult:
     """The same, inside a running loop; `limiter` may be shared by several jobs (sweeps)."""
-    api_key = preflight(cfg)
+    api_keys = preflight(cfg)
     files = expand_inputs(cfg.inputs, cfg.endpoint_url)
     started = time.monotonic()
     events = EventLog(Path(cfg.log_json)) if cfg.log_json else None
@@ -123,7 +123,7 @@ async def run_job_async(
                     events.emit("job_start", **_start_fields(cfg, checkpoint, stats, resumed))
                 stopped: BatchrunError | None = None
                 if not cfg.offline:
-                    parts = _Parts(api_key, watcher, transport, limiter, events)
+                    parts = _Parts(api_keys, watcher, transport, limiter, events)
                     try:
                         await _run_engine(cfg, checkpoint, stats, parts)
                     except DiskError:
@@ -308,7 +308,7 @@ async def _run_local(
     budget: CostBudget | None,
     parts: _Parts,
 ) -> None:
-    transport = parts.transport or new_transport(cfg, parts.api_key)
+    transports = new_transports(cfg, parts.api_keys) if parts.transport is None else {}
     loop = asyncio.get_running_loop()
 
     def on_fault(fault: DiskFault) -> None:  # on the writer's thread: stop sending at once
@@ -320,18 +320,19 @@ async def _run_local(
     assets = AssetCache(checkpoint.path)
     try:
         services = Services(
-            limiter=parts.limiter or new_limiter(cfg),
+            limiter=parts.limiter,
             sink=writer,
             assets=assets,
             budget=budget,
             events=parts.events,
         )
-        engine = build_engine(cfg, transport, services, stats=stats, stop=stop)
+        engine = build_engine(cfg, parts.transport or transports, services, stats=stats, stop=stop)
         with suppress(DiskError):  # the writer's account of it, below, says what was saved
             await run_engine(engine, checkpoint)
     finally:
         try:
-            await transport.close()
+            for transport in [parts.transport] if parts.transport else transports.values():
+                await transport.close()
             writer.handoff()
             await asyncio.to_thread(writer.flush)
         finally:

@@ -82,6 +82,7 @@ class WorkItem:
     fetched: str | None = None  # raw consume-once answer stored before a crash
     location: str | None = None  # a 302's download URL stored before a crash
     rejected: int = 0  # answers that failed the job's schema: each one retried with feedback
+    endpoint: str | None = None  # the endpoint it was last sent to (a 202's id is polled there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class Outcome:
     cause: str | None = None  # what kind of failure: "HTTP 422", "TransportError", ...
     latency_s: float | None = None
     raw: str | None = None  # the answer as received (a failure's error body)
+    endpoint: str | None = None  # the endpoint that answered (or failed) it last
 
 
 # ---------------------------------------------------------------- the transitions
@@ -103,11 +105,13 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    """Sent (again): `attempts` submissions so far, the first at `first_submit_at`."""
+    """Sent (again) to `endpoint`: `attempts` submissions so far, the first at
+    `first_submit_at`."""
 
     idx: int
     attempts: int
     first_submit_at: float
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,12 +273,13 @@ class Lifecycle:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
-    def submit(self, item: WorkItem, now: float) -> None:
+    def submit(self, item: WorkItem, now: float, endpoint: str | None = None) -> None:
         _move(item, Submitted, RowState.INFLIGHT)
         item.attempts += 1
+        item.endpoint = endpoint
         if item.first_submit_at is None:
             item.first_submit_at = now
-        self.sink.submitted(Submitted(item.idx, item.attempts, item.first_submit_at))
+        self.sink.submitted(Submitted(item.idx, item.attempts, item.first_submit_at, endpoint))
 
     def accept(self, item: WorkItem, request_id: str) -> None:
         _move(item, Accepted, RowState.POLLING)

@@ -52,6 +52,10 @@ class Limiter(Protocol):
 
     def pause(self, seconds: float) -> None: ...
 
+    def delay(self, prompt_tokens: int = 0) -> float:
+        """Seconds until `acquire` would grant a start now (0: at once)."""
+        ...
+
 
 @dataclass(slots=True)
 class Reservation:
@@ -120,6 +124,24 @@ class RateWindow:
         self.paused_until = max(self.paused_until, until)
 
     # ---- booking
+
+    def earliest(self, now: float, tokens: int = 0) -> float:
+        """When `reserve(now, tokens)` would book a start, without booking it (a pool
+        compares its endpoints with this)."""
+        t = max(now, self._last, self.paused_until)
+        if self.rpm:
+            interval = self.window / (self.rpm * self.factor(t))
+            t = max(t, self._tat - (self._burst - 1) * interval)
+            if len(self._starts) == self.rpm:
+                t = max(t, self._starts[0] + self._span)
+        if self.tpm:
+            amount, total = max(0, min(tokens, self.tpm)), self._token_sum
+            for start, booked, _ in self._token_log:  # what _fit_tokens would drop, in order
+                if start > t - self._span and total + amount <= self.tpm:
+                    break
+                total -= booked
+                t = max(t, start + self._span)
+        return t
 
     def reserve(self, now: float, tokens: int = 0) -> Reservation:
         """Book the earliest start >= now that keeps every limit, and return it."""
@@ -209,6 +231,14 @@ class RateLimiter:
             # stays counted (erring low, never high); book a new one after the pause.
             if self.window.paused_until <= reservation.at:
                 return reservation
+
+    def delay(self, prompt_tokens: int = 0) -> float:
+        now = self.now()
+        window = self.window
+        if window.rpm is None and window.tpm is None:
+            return max(0.0, window.paused_until - now)
+        tokens = prompt_tokens + int(self.expected_completion)
+        return max(0.0, window.earliest(now, tokens) - now)
 
     def settle(self, reservation: Reservation, total: int | None, completion: int | None) -> None:
         self.window.settle(reservation, total)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import BatchrunError, EndpointError, JobStopped, cause_of
+from .health import EndpointHealth
 from .lifecycle import Outcome, RowState, WorkItem
 from .records import Completion
 
@@ -118,6 +119,13 @@ class Monitor:
     def paused(self, seconds: float, error: EndpointError) -> None:
         self._emit("paused", seconds=seconds, cause=cause_of(error))
 
+    def endpoint_changed(self, key: str, health: EndpointHealth, cool_s: float | None) -> None:
+        """An endpoint of the pool cooled down, came back, or was taken out (pool.py)."""
+        self._emit(
+            "endpoint", endpoint=key, state=str(health.state), why=health.why or None,
+            cool_s=None if cool_s is None else round(cool_s, 3),
+        )  # fmt: skip
+
     def stopping(self, reason: BatchrunError) -> None:
         self._emit("job_stop", reason=str(reason), kind=type(reason).__name__)
 
@@ -135,7 +143,7 @@ class Monitor:
             self._emit(
                 "row_done", id=item.row_id, attempts=item.attempts, latency_s=outcome.latency_s,
                 prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                request_id=outcome.request_id,
+                request_id=outcome.request_id, endpoint=outcome.endpoint,
             )  # fmt: skip
         else:
             self.stats.failed += 1

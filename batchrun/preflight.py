@@ -16,7 +16,7 @@ from .checkpoint import Checkpoint
 from .checkpoint.damage import is_damage
 from .checkpoint.locate import PARQUET_MAGIC, starts_with
 from .config import RunConfig
-from .credentials import read_api_key
+from .credentials import read_keys
 from .errors import BatchrunError, ConfigError
 from .monitor import RunStats
 from .remote import is_remote
@@ -24,11 +24,12 @@ from .remote import is_remote
 log = logging.getLogger(__name__)
 
 
-def preflight(cfg: RunConfig) -> str | None:
-    """What can be wrong before the inputs are even read. Returns the key (None offline)."""
+def preflight(cfg: RunConfig) -> dict[str, str | None]:
+    """What can be wrong before the inputs are even read. Returns each endpoint's key by
+    endpoint key (none offline)."""
     if not cfg.output:
         raise ConfigError("no output file: pass -o/--output or set output = ... in the config")
-    api_key = None if cfg.offline else read_api_key(cfg)
+    api_keys = {} if cfg.offline else read_keys(cfg)
     check_output_location(cfg.output, cfg.endpoint_url, folder=bool(cfg.output_partition_rows))
     if cfg.reuse and not is_remote(cfg.reuse) and not Path(cfg.reuse).exists():
         raise ConfigError(f"--reuse {cfg.reuse}: no such checkpoint or output file")
@@ -37,7 +38,7 @@ def preflight(cfg: RunConfig) -> str | None:
             f"--reuse {cfg.reuse} is this job's own checkpoint, which --fresh would delete; "
             "copy it elsewhere first and reuse the copy"
         )
-    return api_key
+    return api_keys
 
 
 def check_output_location(output: str, endpoint_url: str | None, *, folder: bool) -> None:

@@ -223,8 +223,8 @@ def test_create_then_open_round_trip(ckpt: Path) -> None:
 
 
 def test_a_new_checkpoint_is_made_by_the_migrations(checkpoint: Checkpoint, ckpt: Path) -> None:
-    assert SCHEMA_VERSION == schema.MIGRATIONS[-1].version == 4
-    assert [m.version for m in schema.MIGRATIONS] == [1, 2, 3, 4]
+    assert SCHEMA_VERSION == schema.MIGRATIONS[-1].version == 5
+    assert [m.version for m in schema.MIGRATIONS] == [1, 2, 3, 4, 5]
     recorded = peek(ckpt, "SELECT version, name FROM migrations ORDER BY version")
     assert recorded == [(m.version, m.name) for m in schema.MIGRATIONS]
     assert peek(ckpt, "PRAGMA application_id") == [(schema.APP_ID,)]

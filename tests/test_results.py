@@ -32,6 +32,7 @@ SPEC_COLUMNS = [
     "completion_tokens",
     "total_tokens",
     "model",
+    "endpoint",
     "request_id",
     "attempts",
     "latency_s",
@@ -85,7 +86,7 @@ def test_output_has_spec_columns_first_with_arrow_types(store: Checkpoint, tmp_p
     types = {name: schema.field(name).type for name in schema.names}
     for name in ("id", "status", "content", "reasoning_content", "tool_calls", "finish_reason"):
         assert types[name] == pa.string()
-    for name in ("model", "request_id", "error", "topic"):
+    for name in ("model", "endpoint", "request_id", "error", "topic"):
         assert types[name] == pa.string()
     for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
         assert types[name] == pa.int64()
@@ -107,7 +108,10 @@ def test_finished_row_values_reach_the_output(store: Checkpoint, tmp_path: Path)
         model="qwen/qwen3.5-397b-a17b",
         ttft_s=0.5,
     )
-    finish(store, 0, completion=completion, attempts=2, request_id="req-1", latency_s=1.25)
+    finish(
+        store, 0, completion=completion, attempts=2, request_id="req-1", latency_s=1.25,
+        endpoint="replica-b",
+    )  # fmt: skip
     assert written(store, tmp_path / "out.parquet").to_pylist() == [
         {
             "id": "a",
@@ -120,6 +124,7 @@ def test_finished_row_values_reach_the_output(store: Checkpoint, tmp_path: Path)
             "completion_tokens": 7,
             "total_tokens": 18,
             "model": "qwen/qwen3.5-397b-a17b",
+            "endpoint": "replica-b",
             "request_id": "req-1",
             "attempts": 2,
             "latency_s": 1.25,

@@ -54,7 +54,11 @@ class RowChange:
         if isinstance(change, Submitted):
             self.first_sent = self.first_sent or change.attempts == 1
             self.state = RowState.INFLIGHT
-            self.live.update(attempts=change.attempts, first_submit_at=change.first_submit_at)
+            self.live.update(
+                attempts=change.attempts,
+                first_submit_at=change.first_submit_at,
+                endpoint=change.endpoint,
+            )
         elif isinstance(change, Accepted):
             self.state = RowState.POLLING
             self.live["request_id"] = change.request_id
@@ -157,7 +161,7 @@ def _result(idx: int, change: Finished, names: Names, keep_answer_bodies: bool) 
         c.content, c.reasoning_content, tool_calls, names.id(c.finish_reason),
         c.prompt_tokens, c.completion_tokens, c.total_tokens, names.id(c.model),
         encode_request_id(o.request_id), o.latency_s, c.ttft_s, o.error, names.id(o.cause),
-        0, o.raw if keep_body else None,
+        0, o.raw if keep_body else None, names.id(o.endpoint),
     )  # fmt: skip
 
 
@@ -243,7 +247,7 @@ def _upsert_live(columns: tuple[str, ...]) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _insert_results(rows: int) -> str:
-    marks = "(" + ",".join("?" * 20) + ")"
+    marks = "(" + ",".join("?" * 21) + ")"
     return f"INSERT OR REPLACE INTO results VALUES {','.join([marks] * rows)}"
 
 

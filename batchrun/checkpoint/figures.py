@@ -77,6 +77,7 @@ class ResultPage:
     body: list[str | None]  # a failure's error body, or a kept answer body
     rejected: list[int | None]  # answers that failed the job's schema (None: none did)
     rejected_error: list[str | None]  # what was wrong with the last of them
+    endpoint: list[str | None]  # the endpoint that answered (its name or base URL)
 
     def __len__(self) -> int:
         return len(self.idx)

@@ -52,7 +52,7 @@ _RESULT_SQL = (
     "r.finish_reason, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.model, "
     "coalesce(r.request_id, l.request_id), coalesce(r.attempts, l.attempts, 0), r.latency_s, "
     "r.ttft_s, coalesce(r.error, items.error), coalesce(r.reused, 0), items.request_hash, "
-    "items.extra, r.status_code, r.body, v.rejected, v.error "
+    "items.extra, r.status_code, r.body, v.rejected, v.error, r.endpoint "
     "FROM items LEFT JOIN results AS r ON r.idx = items.idx "
     "LEFT JOIN live AS l ON l.idx = items.idx "
     "LEFT JOIN validations AS v ON v.idx = items.idx "
@@ -62,7 +62,7 @@ _RESULT_SQL = (
 _WORK_SQL = (
     "SELECT items.idx, items.row_id, items.state, coalesce(v.messages, items.messages), "
     "items.overrides, items.extra, items.est_tokens, l.attempts, l.first_submit_at, "
-    "l.request_id, l.answer, l.location, coalesce(v.rejected, 0) "
+    "l.request_id, l.answer, l.location, coalesce(v.rejected, 0), l.endpoint "
     "FROM items LEFT JOIN live AS l ON l.idx = items.idx "
     "LEFT JOIN validations AS v ON v.idx = items.idx "
     f"WHERE {OPEN} AND items.state IN ({{states}}) AND items.idx > ? AND items.idx < ? "
@@ -296,6 +296,7 @@ class CheckpointReader:
             fetched=answer,
             location=loc,
             rejected=row[12],
+            endpoint=row[13],
         )
 
     def _rebuild(self, extra: str | None) -> str:
@@ -322,6 +323,7 @@ class CheckpointReader:
         page.state = [STATES[code] for code in columns[2]]
         page.finish_reason = [self._name(v) for v in page.finish_reason]
         page.model = [self._name(v) for v in page.model]
+        page.endpoint = [self._name(v) for v in page.endpoint]
         page.request_id = [decode_request_id(v) for v in page.request_id]
         page.reused = [bool(v) for v in page.reused]
         page.request_hash = [hash_hex(v) for v in page.request_hash]

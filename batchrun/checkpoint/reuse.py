@@ -62,7 +62,7 @@ _SOURCES = {
     ),
 }
 # Schema 3 added the runs table, 4 validations; answers are where 2 keeps them.
-_SOURCES[3] = _SOURCES[4] = _SOURCES[2]
+_SOURCES[3] = _SOURCES[4] = _SOURCES[5] = _SOURCES[2]
 
 
 def from_checkpoint(conn: sqlite3.Connection, source: Path, keep_bodies: bool) -> int:
@@ -157,8 +157,8 @@ def _apply(conn: sqlite3.Connection, keep_bodies: bool, *, own: bool = False) ->
             "l.first_submit_at, ?, 200, r.content, r.reasoning_content, r.tool_calls, "
             "(SELECT id FROM names WHERE name = r.finish_reason), r.prompt_tokens, "
             "r.completion_tokens, r.total_tokens, (SELECT id FROM names WHERE name = r.model), "
-            f"r.request_id, r.latency_s, r.ttft_s, NULL, NULL, {int(not own)}, {body} FROM items "
-            "JOIN temp.reuse AS r ON r.request_hash = items.request_hash "
+            f"r.request_id, r.latency_s, r.ttft_s, NULL, NULL, {int(not own)}, {body}, NULL "
+            "FROM items JOIN temp.reuse AS r ON r.request_hash = items.request_hash "
             f"LEFT JOIN live AS l ON l.idx = items.idx WHERE items.{chosen}",
             (time.time(),),
         )

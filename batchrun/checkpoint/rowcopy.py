@@ -115,17 +115,21 @@ def _is_item(v: tuple[Any, ...]) -> bool:
 
 
 def _is_live(v: tuple[Any, ...]) -> bool:  # not a `runs` row: its second value is a time
-    return isinstance(v[1], int) and not isinstance(v[2], str)
+    if not isinstance(v[1], int) or isinstance(v[2], str):
+        return False
+    # Seven values since schema 5 (`endpoint`): not a `validations` row, whose fifth is a count.
+    return len(v) == 6 or all(x is None or isinstance(x, str) for x in v[3:])
 
 
 def _is_result(v: tuple[Any, ...]) -> bool:
     return isinstance(v[1], int)
 
 
-_SHAPES: dict[str, tuple[int, Callable[[tuple[Any, ...]], bool]]] = {
-    "items": (9, _is_item),
-    "live": (6, _is_live),
-    "results": (20, _is_result),
+# Each table's record widths: a row written before a column was added has one value fewer.
+_SHAPES: dict[str, tuple[tuple[int, ...], Callable[[tuple[Any, ...]], bool]]] = {
+    "items": ((9,), _is_item),
+    "live": ((6, 7), _is_live),
+    "results": ((20, 21), _is_result),
 }
 
 
@@ -143,10 +147,11 @@ def copy_from_leaves(path: Path, target: sqlite3.Connection) -> dict[str, int]:
     with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
         target.execute("BEGIN")
         for row in leaf_rows(data):
-            for table, (width, fits) in _SHAPES.items():
+            for table, (widths, fits) in _SHAPES.items():
                 values = row.values
-                if len(values) == width and values[0] is None and fits(values):
-                    cursor = target.execute(inserts[table], (row.rowid, *values[1:]))
+                if len(values) in widths and values[0] is None and fits(values):
+                    padding = (None,) * (widths[-1] - len(values))
+                    cursor = target.execute(inserts[table], (row.rowid, *values[1:], *padding))
                     added[table] += cursor.rowcount
                     break
         target.execute("COMMIT")

@@ -23,6 +23,8 @@ pages stay full instead of splitting as rows grow:
 - `totals`: token and request sums, kept by every write, so a resume or `status` never
   sums a table.
 - `runs` (schema 3): each run of the job, when it started and ended, and how.
+- `live.endpoint`, `results.endpoint` (schema 5): where each row was sent, and which
+  endpoint answered it (pool.py).
 - `validations` (schema 4): rows an answer of which failed the job's schema: how many did,
   the last error, the conversation a retry sends, and the tokens set aside (setaside.py).
 - `meta` (key/value), `assets` (NVCF asset ids by file sha256), `migrations`.
@@ -34,6 +36,7 @@ read only those, so start-up does not grow with the rows already finished.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -129,7 +132,7 @@ TOTAL_COLUMNS = (
     "bought_prompt_tokens", "bought_completion_tokens",
 )  # fmt: skip
 # results columns that take an id into `names`
-NAMED_COLUMNS = ("finish_reason", "model", "cause")
+NAMED_COLUMNS = ("finish_reason", "model", "cause", "endpoint")
 
 
 def sqlite_uri(path: Path, *, readonly: bool = False) -> str:
@@ -246,11 +249,34 @@ def _m004_validations(conn: sqlite3.Connection) -> None:
     run_script(conn, VALIDATIONS)
 
 
+def _m005_endpoints(conn: sqlite3.Connection) -> None:
+    """Schema 5: the endpoint each row was sent to (`live.endpoint`, a name or base URL) and
+    the one that answered it (`results.endpoint`, an id into `names`), for endpoint pools.
+    A request id an earlier release holds was issued by the job's base URL of the time, which
+    its identity recorded: that is where it is to be polled, whatever the config says now."""
+    run_script(
+        conn,
+        """
+        ALTER TABLE live ADD COLUMN endpoint TEXT;
+        ALTER TABLE results ADD COLUMN endpoint INTEGER;
+        """,
+    )
+    row = conn.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+    base_url = json.loads(row[0]).get("base_url") if row else None
+    if base_url:
+        conn.execute(
+            "UPDATE live SET endpoint = ? WHERE request_id IS NOT NULL OR location IS NOT NULL "
+            "OR answer IS NOT NULL",
+            (str(base_url).rstrip("/"),),
+        )
+
+
 MIGRATIONS = (
     Migration(1, "m001_initial", _m001_initial),
     Migration(2, "m002_compact_ledger", _m002_compact_ledger),
     Migration(3, "m003_runs", _m003_runs),
     Migration(4, "m004_validations", _m004_validations),
+    Migration(5, "m005_endpoints", _m005_endpoints),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

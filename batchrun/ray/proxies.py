@@ -83,6 +83,10 @@ class RemoteLimiter:
         self._service.pause.remote(seconds)
         self._checked = 0.0
 
+    def delay(self, prompt_tokens: int = 0) -> float:  # noqa: ARG002 (the Limiter protocol)
+        """Unknown without asking the service; a pool on Ray has one endpoint to choose."""
+        return 0.0
+
 
 class RemoteSink(BatchingSink):
     """lifecycle.Sink, backed by the CheckpointService: transitions shipped every 100 ms."""

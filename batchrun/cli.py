@@ -22,7 +22,8 @@ import click
 
 from .cli_options import run_options
 from .config import RunConfig, build_config, load_toml, parse_param
-from .credentials import read_api_key
+from .credentials import read_keys
+from .endpoints import from_urls
 from .errors import EXIT_USAGE, BatchrunError, ConfigError
 from .paths import job_path
 
@@ -98,7 +99,7 @@ def run(
         undo = config_one_offs(cfg)
         if cfg.dry_run:
             if not cfg.offline:
-                read_api_key(cfg)  # a rehearsal fails as the run would: no key, exit 3
+                read_keys(cfg)  # a rehearsal fails as the run would: no key, exit 3
             report = dry_run(cfg)
             click.echo(format_dry_run(report))
             failing = dry_run_fails(report, cfg.max_failures)
@@ -149,6 +150,7 @@ def _config(
 ) -> RunConfig:
     file_values = load_toml(config_path) if config_path else {}
     cli_values = dict(options)
+    cli_values.update(from_urls(cli_values.pop("base_url", ())))
     if inputs:
         cli_values["inputs"] = list(inputs)
     if params:

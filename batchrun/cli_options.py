@@ -28,7 +28,10 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="TOML config file.",
         ),
         click.option(
-            "--base-url", help="Endpoint base, ending before /chat/completions. [default: NVIDIA]"
+            "--base-url",
+            multiple=True,
+            help="Endpoint base, ending before /chat/completions; several: a pool sharing "
+            "every other setting. [default: NVIDIA]",
         ),
         click.option("--model", help="Model name. [default: qwen/qwen3.5-397b-a17b]"),
         click.option(

@@ -135,9 +135,14 @@ def _check_together(key: str, specs: tuple[EndpointSpec, ...]) -> None:
         raise ConfigError(f"{key}: every endpoint is a fallback; at least one must not be")
 
 
-def from_urls(urls: tuple[str, ...]) -> list[dict[str, str]]:
-    """`--base-url` given several times: one endpoint per URL, sharing every other setting."""
-    return [{"base_url": url} for url in urls]
+def from_urls(urls: tuple[str, ...]) -> dict[str, Any]:
+    """The settings `--base-url` gives (nothing when not given). Given several times: one
+    endpoint per URL, sharing every other setting. On the command line they replace the
+    config file's endpoints, so one `--base-url` is a job of one endpoint again."""
+    if not urls:
+        return {}
+    endpoints = [{"base_url": url} for url in urls] if len(urls) > 1 else []
+    return {"base_url": urls[0], "endpoints": endpoints}
 
 
 def job_endpoint(cfg: RunConfig) -> EndpointSpec:

@@ -6,9 +6,14 @@ the result long-polled at `/v1/status/{id}` (or NVCF's `/v2/nvcf/pexec/status/{i
 handed out once; 302 + zip for large results; SSE when asked to stream. It is a test double,
 never a reference for what the real API does (PROTOCOL.md is).
 
-Test-facing routes: `GET /_mock/stats` (the counters), `POST /_mock/config` (change settings
-live), `POST /_mock/reset` (forget jobs and counters). `hold()` puts an id this process never
-issued on hold, so a checkpoint written against an earlier endpoint process can be resumed.
+The order a chat request goes through: validation (400/401), the rpm window (429), the
+capacity's overload check (503, `capacity.py`), then fault markers and rates, then an answer
+whose latency the capacity model stretches when the batch slots are shared.
+
+Test-facing routes: `GET /_mock/stats` (the counters, with the capacity's `active`,
+`peak_active` and `overloaded`), `POST /_mock/config` (change settings live),
+`POST /_mock/reset` (forget jobs and counters). `hold()` puts an id this process never issued
+on hold, so a checkpoint written against an earlier endpoint process can be resumed.
 
 Every reading of the time and every wait goes through the injected clock (`clock.py`).
 """
@@ -28,6 +33,7 @@ from batchrun.clock import Clock, SystemClock
 from . import faults
 from .answers import completion
 from .assets import AssetStore, no_such_key
+from .capacity import Capacity
 from .faults import Marker
 from .jobs import Job, JobTable, LargeResults
 from .ratelimit import RpmWindow
@@ -44,6 +50,7 @@ class MockEndpoint:
         self.settings = settings or MockSettings()
         self.clock: Clock = clock or SystemClock()
         self._rng = random.Random(self.settings.seed)
+        self.capacity = Capacity()
         self.reset()
 
     def reset(self) -> None:
@@ -54,6 +61,7 @@ class MockEndpoint:
         self.large_results = LargeResults()
         self._markers = faults.MarkerUses()
         self._window = RpmWindow()
+        self.capacity.reset_counters(self.clock.monotonic())
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -96,7 +104,8 @@ class MockEndpoint:
 
     def snapshot(self) -> dict[str, Any]:
         """The counters (`GET /_mock/stats`)."""
-        return self.counters.snapshot(pending=len(self.jobs), asset_uploads=self.assets.uploads)
+        counters = self.counters.snapshot(pending=len(self.jobs), asset_uploads=self.assets.uploads)
+        return {**counters, **self.capacity.snapshot(self.clock.monotonic())}
 
     # ---- submission
 
@@ -114,6 +123,9 @@ class MockEndpoint:
         hold = submit_hold(request.headers)
         if isinstance(hold, web.Response):
             return self._sent(hold)
+        # Before the markers are taken: a refused request must not use up a `[mock:CODExN]`.
+        if self.capacity.refuses(now, s.overload):
+            return self._sent(faults.overloaded(self.capacity.active(now)))
         with self.counters.serving():
             return await self._answer(request, submission, hold)
 
@@ -135,6 +147,7 @@ class MockEndpoint:
         if code == "slow" and value is not None:
             latency = value
         now = self.clock.monotonic()
+        latency = self.capacity.start(now, latency, s.slots)
         job = Job(
             request_id=str(uuid.uuid4()),
             prompt=prompt,

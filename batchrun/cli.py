@@ -306,6 +306,11 @@ def recover(path: str, from_output: str | None) -> None:
     help="429 past this many requests in 60 s (0: off).",
 )
 @click.option(
+    "--ratelimit-headers",
+    is_flag=True,
+    help="With --rpm-limit: OpenAI's x-ratelimit-*-requests headers on chat answers.",
+)
+@click.option(
     "--slots",
     default=0,
     show_default=True,

@@ -1,4 +1,4 @@
-"""batchrun/testing: the mock endpoint's capacity model (slots, overload) and its CLI flags.
+"""batchrun/testing: the mock endpoint's capacity model, rate-limit headers and CLI flags.
 
 Like test_testing_endpoint.py, the endpoint runs on aiohttp's TestServer with a ManualClock:
 a test moves the time while handlers sleep, and nothing waits for real.
@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
 
@@ -17,8 +18,9 @@ import batchrun.testing
 from batchrun.cli import main
 from batchrun.testing import ManualClock, MockEndpoint, MockSettings
 from batchrun.testing.capacity import Capacity
+from batchrun.testing.ratelimit import duration_text
 
-from .test_testing_endpoint import content, on_endpoint, submit
+from .test_testing_endpoint import chat, content, on_endpoint, submit
 
 # ---------------------------------------------------------------- the model (pure logic)
 
@@ -139,6 +141,75 @@ def test_mock_server_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -
         seen.append(settings)
 
     monkeypatch.setattr(batchrun.testing, "serve", fake_serve)
-    result = CliRunner().invoke(main, ["mock-server", "--slots", "4", "--overload", "16"])
+    args = ["--slots", "4", "--overload", "16", "--ratelimit-headers", "--rpm-limit", "9"]
+    result = CliRunner().invoke(main, ["mock-server", *args])
     assert result.exit_code == 0, result.output
-    assert (seen[0].slots, seen[0].overload) == (4, 16)
+    settings = seen[0]
+    assert (settings.slots, settings.overload, settings.ratelimit_headers) == (4, 16, True)
+    assert settings.rpm_limit == 9
+
+
+# ---------------------------------------------------------------- rate-limit headers
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (-1, "0s"),
+        (0.0004, "1ms"),
+        (0.25, "250ms"),
+        (1, "1s"),
+        (59.25, "59.25s"),
+        (60, "1m0s"),
+        (86.4, "1m26.4s"),
+        (360, "6m0s"),
+        (3600.5, "1h0m0.5s"),
+    ],
+)
+def test_durations_are_written_as_openai_writes_them(seconds: float, text: str) -> None:
+    assert duration_text(seconds) == text
+
+
+def limits_of(resp: ClientResponse) -> tuple[str, str, str]:
+    h = resp.headers
+    return (
+        h["x-ratelimit-limit-requests"],
+        h["x-ratelimit-remaining-requests"],
+        h["x-ratelimit-reset-requests"],
+    )
+
+
+def test_chat_answers_carry_the_rpm_windows_state() -> None:
+    async def test(
+        client: TestClient[Any, Any], endpoint: MockEndpoint, clock: ManualClock
+    ) -> None:
+        first = await submit(client, "a")
+        assert (first.status, limits_of(first)) == (200, ("3", "2", "1m0s"))
+        clock.advance(0.75)
+        accepted = await submit(client, "b [mock:202]")
+        assert (accepted.status, limits_of(accepted)) == (202, ("3", "1", "59.25s"))
+        clock.advance(59)
+        assert limits_of(await submit(client, "c")) == ("3", "0", "250ms")
+        refused = await submit(client, "d")
+        assert (refused.status, limits_of(refused)) == (429, ("3", "0", "250ms"))
+        assert refused.headers["Retry-After"] == "1"
+        clock.advance(0.25)  # "a" leaves the window; the oldest is now "b", at 0.75
+        body = chat("e", stream=True)
+        streamed = await client.post("/v1/chat/completions", json=body)
+        assert (streamed.status, limits_of(streamed)) == (200, ("3", "0", "750ms"))
+        assert (await streamed.text()).endswith("data: [DONE]\n\n")
+
+    on_endpoint(test, rpm_limit=3, ratelimit_headers=True)
+
+
+@pytest.mark.parametrize(("rpm_limit", "headers"), [(5, False), (0, True)])
+def test_no_rate_limit_headers_unless_asked_for_with_a_limit(rpm_limit: int, headers: bool) -> None:
+    async def test(
+        client: TestClient[Any, Any], endpoint: MockEndpoint, clock: ManualClock
+    ) -> None:
+        resp = await submit(client, "a")
+        assert resp.status == 200
+        assert not [h for h in resp.headers if h.lower().startswith("x-ratelimit")]
+
+    on_endpoint(test, rpm_limit=rpm_limit, ratelimit_headers=headers)

@@ -8,7 +8,9 @@ never a reference for what the real API does (PROTOCOL.md is).
 
 The order a chat request goes through: validation (400/401), the rpm window (429), the
 capacity's overload check (503, `capacity.py`), then fault markers and rates, then an answer
-whose latency the capacity model stretches when the batch slots are shared.
+whose latency the capacity model stretches when the batch slots are shared. With
+`ratelimit_headers` and an `rpm_limit`, every answer past validation carries OpenAI's
+`x-ratelimit-*-requests` headers, as of the request's arrival (`ratelimit.py`).
 
 Test-facing routes: `GET /_mock/stats` (the counters, with the capacity's `active`,
 `peak_active` and `overloaded`), `POST /_mock/config` (change settings live),
@@ -118,19 +120,38 @@ class MockEndpoint:
         now = self.clock.monotonic()
         pending = self.jobs.has_prompt(prompt)
         self.counters.record_submission(prompt, submission.body, now, pending=pending)
-        if self._window.refuses(now, s.rpm_limit):
-            return self._sent(faults.too_many_requests(None, s.retry_after))
+        refused = self._window.refuses(now, s.rpm_limit)
+        limits = self._ratelimit_headers(now)
+        response: web.StreamResponse
+        if refused:
+            response = self._sent(faults.too_many_requests(None, s.retry_after))
+        else:
+            response = await self._within_limit(request, submission, now, limits)
+        if not response.prepared:  # a stream was sent with them (_stream)
+            response.headers.update(limits)
+        return response
+
+    async def _within_limit(
+        self, request: web.Request, submission: Submission, now: float, limits: dict[str, str]
+    ) -> web.StreamResponse:
         hold = submit_hold(request.headers)
         if isinstance(hold, web.Response):
             return self._sent(hold)
         # Before the markers are taken: a refused request must not use up a `[mock:CODExN]`.
-        if self.capacity.refuses(now, s.overload):
+        if self.capacity.refuses(now, self.settings.overload):
             return self._sent(faults.overloaded(self.capacity.active(now)))
         with self.counters.serving():
-            return await self._answer(request, submission, hold)
+            return await self._answer(request, submission, hold, limits)
+
+    def _ratelimit_headers(self, now: float) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*-requests` headers, if asked for and there is a limit."""
+        s = self.settings
+        if not (s.ratelimit_headers and s.rpm_limit > 0):
+            return {}
+        return self._window.headers(now, s.rpm_limit)
 
     async def _answer(
-        self, request: web.Request, submission: Submission, hold: int
+        self, request: web.Request, submission: Submission, hold: int, limits: dict[str, str]
     ) -> web.StreamResponse:
         """Fault, stream, 202 or 200: what a valid submission within the rate limit gets."""
         s = self.settings
@@ -160,7 +181,7 @@ class MockEndpoint:
         )
         if body.get("stream") and code not in ("202", "expire"):
             await self.clock.sleep(latency)
-            return await self._stream(request, job, cut=code == "cutstream")
+            return await self._stream(request, job, cut=code == "cutstream", headers=limits)
         if code in ("202", "expire") or self._chance(s.p202):
             job.polls_before_ready = s.pending_polls
             return self._accept(job, marker)
@@ -213,7 +234,9 @@ class MockEndpoint:
             web.Response(body=result, headers=headers, content_type="application/json")
         )
 
-    async def _stream(self, request: web.Request, job: Job, *, cut: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, job: Job, *, cut: bool, headers: dict[str, str]
+    ) -> web.StreamResponse:
         answer = json.loads(self._bill(job, None))
         self.counters.codes[200] += 1
         wants_usage = (job.body.get("stream_options") or {}).get("include_usage")
@@ -224,6 +247,7 @@ class MockEndpoint:
             tool_call_stream=self.settings.tool_call_stream,
             include_usage=bool(wants_usage and self.settings.stream_usage),
             cut=cut,
+            headers=headers,
         )
         if whole:
             self.counters.for_prompt(job.prompt).delivered += 1

@@ -23,6 +23,7 @@ class MockSettings:
     p504: float = 0.0
     p_drop: float = 0.0  # close the connection without an answer (nothing billed)
     rpm_limit: int = 0  # > 0: 429 past this many submissions in any 60 s window
+    ratelimit_headers: bool = False  # with rpm_limit: OpenAI's x-ratelimit-*-requests headers
     retry_after: float | None = 1.0  # Retry-After on 429 (None: no header)
     status_route: bool = True  # False: /v1/status answers a plain "404 page not found"
     expire_after: float = 0.0  # > 0: forget an id not polled for this long

@@ -14,8 +14,10 @@ whose latency the capacity model stretches when the batch slots are shared. With
 
 Test-facing routes: `GET /_mock/stats` (the counters, with the capacity's `active`,
 `peak_active` and `overloaded`), `POST /_mock/config` (change settings live),
-`POST /_mock/reset` (forget jobs and counters). `hold()` puts an id this process never issued
-on hold, so a checkpoint written against an earlier endpoint process can be resumed.
+`POST /_mock/reset` (forget jobs and counters), `POST /_mock/outage` with `{"seconds": S}`
+(answer 200, then be down for S seconds and come back on the same port; `outage.py`).
+`hold()` puts an id this process never issued on hold, so a checkpoint written against an
+earlier endpoint process can be resumed.
 
 Every reading of the time and every wait goes through the injected clock (`clock.py`).
 """
@@ -38,6 +40,7 @@ from .assets import AssetStore, no_such_key
 from .capacity import Capacity
 from .faults import Marker
 from .jobs import Job, JobTable, LargeResults
+from .outage import SiteControl
 from .ratelimit import RpmWindow
 from .settings import MockSettings, apply_changes
 from .stats import EndpointStats
@@ -53,6 +56,7 @@ class MockEndpoint:
         self.clock: Clock = clock or SystemClock()
         self._rng = random.Random(self.settings.seed)
         self.capacity = Capacity()
+        self.site: SiteControl | None = None  # set by whoever listens (server.py)
         self.reset()
 
     def reset(self) -> None:
@@ -77,6 +81,7 @@ class MockEndpoint:
         app.router.add_get("/_mock/stats", self._stats)
         app.router.add_post("/_mock/config", self._configure)
         app.router.add_post("/_mock/reset", self._reset)
+        app.router.add_post("/_mock/outage", self._outage)
         return app
 
     def hold(
@@ -326,6 +331,19 @@ class MockEndpoint:
     async def _reset(self, _request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"ok": True})
+
+    async def _outage(self, request: web.Request) -> web.StreamResponse:
+        if self.site is None:  # e.g. aiohttp's TestServer: nothing here owns the socket
+            return web.json_response(
+                {"error": "no outage without MockServer or serve()"}, status=501
+            )
+        try:
+            seconds = float((await request.json())["seconds"])
+        except (ValueError, TypeError, KeyError):
+            seconds = -1.0
+        if not seconds >= 0:  # also refuses NaN
+            return web.json_response({"error": 'expected {"seconds": S}, S >= 0'}, status=400)
+        return await self.site.outage_response(request, seconds)
 
     # ---- helpers
 

@@ -34,11 +34,6 @@ class SiteControl:
         self._site: web.TCPSite | None = None
         self._is_up = asyncio.Event()
         self._comeback: asyncio.Task[None] | None = None
-        self.outages = 0  # how many times it went down
-
-    @property
-    def listening(self) -> bool:
-        return self._site is not None
 
     async def up(self) -> None:
         """Listen (again) on the port; ends an outage early. Nothing to do if listening."""
@@ -86,7 +81,6 @@ class SiteControl:
             return
         site, self._site = self._site, None
         self._is_up.clear()
-        self.outages += 1
         await site.stop()
 
     def drop_connections(self) -> None:

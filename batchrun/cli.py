@@ -308,6 +308,23 @@ def recover(path: str, from_output: str | None) -> None:
     help="429 past this many requests in 60 s (0: off).",
 )
 @click.option(
+    "--ratelimit-headers",
+    is_flag=True,
+    help="With --rpm-limit: OpenAI's x-ratelimit-*-requests headers on chat answers.",
+)
+@click.option(
+    "--slots",
+    default=0,
+    show_default=True,
+    help="Batch slots: past this many requests at once, latency grows with the load (0: off).",
+)
+@click.option(
+    "--overload",
+    default=0,
+    show_default=True,
+    help="503 for a request arriving while this many are being generated (0: never).",
+)
+@click.option(
     "--retry-after", default=1.0, show_default=True, help="Retry-After on 429s (negative: none)."
 )
 @click.option(

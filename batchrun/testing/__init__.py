@@ -5,8 +5,9 @@ A test double for demos, tests and benchmarks, split by concern:
 `judge` (verdicts for a sweep's judge grader),
 `streaming` (SSE), `faults` (prompt markers, fault rates, problem bodies), `validation`
 (refused requests), `assets` (NVCF asset uploads and image checks), `jobs` (ids pending a
-poll, large results), `ratelimit` (the rpm window), `stats` (the counters), `app`
-(MockEndpoint: the routes and the life of a request) and `server` (MockServer, serve).
+poll, large results), `ratelimit` (the rpm window), `capacity` (batch slots and overload),
+`stats` (the counters), `app` (MockEndpoint: the routes and the life of a request),
+`outage` (going down and coming back on the same port) and `server` (MockServer, serve).
 
 Nothing in the `batchrun` engine imports this package.
 """

@@ -6,9 +6,18 @@ the result long-polled at `/v1/status/{id}` (or NVCF's `/v2/nvcf/pexec/status/{i
 handed out once; 302 + zip for large results; SSE when asked to stream. It is a test double,
 never a reference for what the real API does (PROTOCOL.md is).
 
-Test-facing routes: `GET /_mock/stats` (the counters), `POST /_mock/config` (change settings
-live), `POST /_mock/reset` (forget jobs and counters). `hold()` puts an id this process never
-issued on hold, so a checkpoint written against an earlier endpoint process can be resumed.
+The order a chat request goes through: validation (400/401), the rpm window (429), the
+capacity's overload check (503, `capacity.py`), then fault markers and rates, then an answer
+whose latency the capacity model stretches when the batch slots are shared. With
+`ratelimit_headers` and an `rpm_limit`, every answer past validation carries OpenAI's
+`x-ratelimit-*-requests` headers, as of the request's arrival (`ratelimit.py`).
+
+Test-facing routes: `GET /_mock/stats` (the counters, with the capacity's `active`,
+`peak_active` and `overloaded`), `POST /_mock/config` (change settings live),
+`POST /_mock/reset` (forget jobs and counters), `POST /_mock/outage` with `{"seconds": S}`
+(answer 200, then be down for S seconds and come back on the same port; `outage.py`).
+`hold()` puts an id this process never issued on hold, so a checkpoint written against an
+earlier endpoint process can be resumed.
 
 Every reading of the time and every wait goes through the injected clock (`clock.py`).
 """
@@ -28,8 +37,10 @@ from batchrun.clock import Clock, SystemClock
 from . import faults
 from .answers import completion
 from .assets import AssetStore, no_such_key
+from .capacity import Capacity
 from .faults import Marker
 from .jobs import Job, JobTable, LargeResults
+from .outage import SiteControl
 from .ratelimit import RpmWindow
 from .settings import MockSettings, apply_changes
 from .stats import EndpointStats
@@ -44,6 +55,8 @@ class MockEndpoint:
         self.settings = settings or MockSettings()
         self.clock: Clock = clock or SystemClock()
         self._rng = random.Random(self.settings.seed)
+        self.capacity = Capacity()
+        self.site: SiteControl | None = None  # set by whoever listens (server.py)
         self.reset()
 
     def reset(self) -> None:
@@ -54,6 +67,7 @@ class MockEndpoint:
         self.large_results = LargeResults()
         self._markers = faults.MarkerUses()
         self._window = RpmWindow()
+        self.capacity.reset_counters(self.clock.monotonic())
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -67,6 +81,7 @@ class MockEndpoint:
         app.router.add_get("/_mock/stats", self._stats)
         app.router.add_post("/_mock/config", self._configure)
         app.router.add_post("/_mock/reset", self._reset)
+        app.router.add_post("/_mock/outage", self._outage)
         return app
 
     def hold(
@@ -96,7 +111,8 @@ class MockEndpoint:
 
     def snapshot(self) -> dict[str, Any]:
         """The counters (`GET /_mock/stats`)."""
-        return self.counters.snapshot(pending=len(self.jobs), asset_uploads=self.assets.uploads)
+        counters = self.counters.snapshot(pending=len(self.jobs), asset_uploads=self.assets.uploads)
+        return {**counters, **self.capacity.snapshot(self.clock.monotonic())}
 
     # ---- submission
 
@@ -109,16 +125,38 @@ class MockEndpoint:
         now = self.clock.monotonic()
         pending = self.jobs.has_prompt(prompt)
         self.counters.record_submission(prompt, submission.body, now, pending=pending)
-        if self._window.refuses(now, s.rpm_limit):
-            return self._sent(faults.too_many_requests(None, s.retry_after))
+        refused = self._window.refuses(now, s.rpm_limit)
+        limits = self._ratelimit_headers(now)
+        response: web.StreamResponse
+        if refused:
+            response = self._sent(faults.too_many_requests(None, s.retry_after))
+        else:
+            response = await self._within_limit(request, submission, now, limits)
+        if not response.prepared:  # a stream was sent with them (_stream)
+            response.headers.update(limits)
+        return response
+
+    async def _within_limit(
+        self, request: web.Request, submission: Submission, now: float, limits: dict[str, str]
+    ) -> web.StreamResponse:
         hold = submit_hold(request.headers)
         if isinstance(hold, web.Response):
             return self._sent(hold)
+        # Before the markers are taken: a refused request must not use up a `[mock:CODExN]`.
+        if self.capacity.refuses(now, self.settings.overload):
+            return self._sent(faults.overloaded(self.capacity.active(now)))
         with self.counters.serving():
-            return await self._answer(request, submission, hold)
+            return await self._answer(request, submission, hold, limits)
+
+    def _ratelimit_headers(self, now: float) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*-requests` headers, if asked for and there is a limit."""
+        s = self.settings
+        if not (s.ratelimit_headers and s.rpm_limit > 0):
+            return {}
+        return self._window.headers(now, s.rpm_limit)
 
     async def _answer(
-        self, request: web.Request, submission: Submission, hold: int
+        self, request: web.Request, submission: Submission, hold: int, limits: dict[str, str]
     ) -> web.StreamResponse:
         """Fault, stream, 202 or 200: what a valid submission within the rate limit gets."""
         s = self.settings
@@ -135,6 +173,7 @@ class MockEndpoint:
         if code == "slow" and value is not None:
             latency = value
         now = self.clock.monotonic()
+        latency = self.capacity.start(now, latency, s.slots)
         job = Job(
             request_id=str(uuid.uuid4()),
             prompt=prompt,
@@ -147,7 +186,7 @@ class MockEndpoint:
         )
         if body.get("stream") and code not in ("202", "expire"):
             await self.clock.sleep(latency)
-            return await self._stream(request, job, cut=code == "cutstream")
+            return await self._stream(request, job, cut=code == "cutstream", headers=limits)
         if code in ("202", "expire") or self._chance(s.p202):
             job.polls_before_ready = s.pending_polls
             return self._accept(job, marker)
@@ -200,7 +239,9 @@ class MockEndpoint:
             web.Response(body=result, headers=headers, content_type="application/json")
         )
 
-    async def _stream(self, request: web.Request, job: Job, *, cut: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, job: Job, *, cut: bool, headers: dict[str, str]
+    ) -> web.StreamResponse:
         answer = json.loads(self._bill(job, None))
         self.counters.codes[200] += 1
         wants_usage = (job.body.get("stream_options") or {}).get("include_usage")
@@ -211,6 +252,7 @@ class MockEndpoint:
             tool_call_stream=self.settings.tool_call_stream,
             include_usage=bool(wants_usage and self.settings.stream_usage),
             cut=cut,
+            headers=headers,
         )
         if whole:
             self.counters.for_prompt(job.prompt).delivered += 1
@@ -289,6 +331,19 @@ class MockEndpoint:
     async def _reset(self, _request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"ok": True})
+
+    async def _outage(self, request: web.Request) -> web.StreamResponse:
+        if self.site is None:  # e.g. aiohttp's TestServer: nothing here owns the socket
+            return web.json_response(
+                {"error": "no outage without MockServer or serve()"}, status=501
+            )
+        try:
+            seconds = float((await request.json())["seconds"])
+        except (ValueError, TypeError, KeyError):
+            seconds = -1.0
+        if not seconds >= 0:  # also refuses NaN
+            return web.json_response({"error": 'expected {"seconds": S}, S >= 0'}, status=400)
+        return await self.site.outage_response(request, seconds)
 
     # ---- helpers
 

@@ -102,6 +102,11 @@ def retry_headers(value: float | None, default: float | None) -> dict[str, str]:
     return {} if wait is None else {"Retry-After": f"{wait:g}"}
 
 
+def overloaded(in_progress: int) -> web.Response:
+    """503 for a request the capacity model sheds (`overload`); no Retry-After, as vLLM."""
+    return problem(503, "Service Unavailable", f"Overloaded: {in_progress} requests in progress")
+
+
 def fault_response(
     marker: Marker | None, settings: MockSettings, chance: Callable[[float], bool]
 ) -> web.Response | None:

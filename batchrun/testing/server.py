@@ -6,13 +6,18 @@ port unless told otherwise, for tests and harnesses; every change it makes to th
 Its clock defaults to an `OffsetClock`, which is real time until a test calls `advance()`.
 
 `serve()` is `batchrun mock-server`: the app on the caller's loop until cancelled, on real time.
+
+Both listen through a `SiteControl` (`outage.py`), which the endpoint also gets, so an outage
+can be made from a test (`MockServer.go_down()`, `come_back()`, `until_up()`) or over HTTP
+(`POST /_mock/outage`, for a subprocess); the endpoint keeps its state through it and comes
+back on the same port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -21,6 +26,7 @@ from batchrun.clock import Clock, SystemClock
 
 from .app import MockEndpoint
 from .clock import MovableClock, OffsetClock
+from .outage import SiteControl
 from .settings import MockSettings, apply_changes
 
 T = TypeVar("T")
@@ -44,6 +50,7 @@ class MockServer:
             target=self._loop.run_forever, name="mock-server", daemon=True
         )
         self._runner: web.AppRunner | None = None
+        self._site: SiteControl | None = None
         self.port = 0
 
     @property
@@ -58,8 +65,31 @@ class MockServer:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.endpoint.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-        self.port = self._runner.addresses[0][1]
+        site = SiteControl(self._runner, self._host, self._port, self.endpoint.clock)
+        self._site = self.endpoint.site = site
+        await site.up()
+        self.port = site.port
+
+    def go_down(self) -> None:
+        """Stop listening and drop every connection (in-flight requests fail); state stays."""
+        self._run(self._control().down())
+
+    def come_back(self) -> None:
+        """Listen again on the same port (ends an outage from `POST /_mock/outage` early)."""
+        self._run(self._control().up())
+
+    def until_up(self) -> None:
+        """Return once listening (after an outage's seconds have passed on the clock)."""
+        self._run(self._control().until_up())
+
+    def _control(self) -> SiteControl:
+        if self._site is None:
+            raise RuntimeError("the mock server is not started")
+        return self._site
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=TIMEOUT)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(*args, **kwargs)` on the server's loop and return its result."""
@@ -90,9 +120,10 @@ class MockServer:
         self.call(self.endpoint.hold, request_id, prompt, body, ready)
 
     def stop(self) -> None:
+        if self._site is not None:
+            self._run(self._site.close())
         if self._runner is not None:
-            cleanup = self._runner.cleanup()
-            asyncio.run_coroutine_threadsafe(cleanup, self._loop).result(timeout=TIMEOUT)
+            self._run(self._runner.cleanup())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
@@ -115,11 +146,12 @@ async def serve(
     endpoint = MockEndpoint(settings, clock or SystemClock())
     runner = web.AppRunner(endpoint.app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    bound = runner.addresses[0][1]
-    if on_ready is not None:
-        on_ready(f"http://{host}:{bound}/v1")
+    site = endpoint.site = SiteControl(runner, host, port, endpoint.clock)
     try:
+        await site.up()
+        if on_ready is not None:
+            on_ready(f"http://{host}:{site.port}/v1")
         await asyncio.Event().wait()
     finally:
+        await site.close()
         await runner.cleanup()

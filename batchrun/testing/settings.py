@@ -1,4 +1,4 @@
-"""The mock endpoint's switches: latency, fault rates, limits and answer variants.
+"""The mock endpoint's switches: latency, capacity, fault rates, limits and answer variants.
 
 One mutable dataclass, read by every part of `batchrun.testing` and changed live through
 `POST /_mock/config` or `MockServer.configure()`. It holds no state of its own.
@@ -23,6 +23,7 @@ class MockSettings:
     p504: float = 0.0
     p_drop: float = 0.0  # close the connection without an answer (nothing billed)
     rpm_limit: int = 0  # > 0: 429 past this many submissions in any 60 s window
+    ratelimit_headers: bool = False  # with rpm_limit: OpenAI's x-ratelimit-*-requests headers
     retry_after: float | None = 1.0  # Retry-After on 429 (None: no header)
     status_route: bool = True  # False: /v1/status answers a plain "404 page not found"
     expire_after: float = 0.0  # > 0: forget an id not polled for this long
@@ -32,6 +33,8 @@ class MockSettings:
     tool_call_stream: str = "index"  # streamed tool calls keyed by "index", "id", or "whole"
     inline_image_max: int = 180_000  # larger base64 images are refused (use assets)
     json_fence: bool = False  # JSON answers wrapped in a ```json fence with prose around
+    slots: int = 0  # > 0: batch slots; more generations at once stretch latency (capacity.py)
+    overload: int = 0  # > 0: 503 for a chat request arriving with this many generating
     seed: int | None = None
 
 

@@ -29,13 +29,15 @@ async def stream_answer(
     tool_call_stream: str,
     include_usage: bool,
     cut: bool,
+    headers: dict[str, str] | None = None,
 ) -> tuple[web.StreamResponse, bool]:
     """Write `answer` as SSE; returns the response and whether the whole stream went out.
 
-    The caller ends the response with `write_eof()` once it has counted the delivery.
+    `headers` are sent too (the rate-limit ones). The caller ends the response with
+    `write_eof()` once it has counted the delivery.
     """
     resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "NVCF-REQID": request_id}
+        headers={"Content-Type": "text/event-stream", "NVCF-REQID": request_id, **(headers or {})}
     )
     await resp.prepare(request)
     base = {

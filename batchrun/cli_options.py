@@ -205,3 +205,98 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def mock_server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate `fn` with every `mock-server` option (the mock's settings), in `--help` order."""
+    options = [
+        click.option("--host", default="127.0.0.1", show_default=True),
+        click.option("--port", default=8000, show_default=True, help="0 picks a free port."),
+        click.option("--latency", default=0.0, show_default=True, help="Seconds per answer."),
+        click.option(
+            "--latency-jitter", default=0.0, show_default=True, help="Plus up to this many seconds."
+        ),
+        click.option(
+            "--p202",
+            default=0.0,
+            show_default=True,
+            help="Share of requests answered 202 (then polled).",
+        ),
+        click.option(
+            "--pending-polls",
+            default=1,
+            show_default=True,
+            help="Polls answered 202 before such a result is ready.",
+        ),
+        click.option("--p429", default=0.0, show_default=True),
+        click.option("--p500", default=0.0, show_default=True),
+        click.option("--p502", default=0.0, show_default=True),
+        click.option("--p503", default=0.0, show_default=True),
+        click.option("--p504", default=0.0, show_default=True),
+        click.option(
+            "--p-drop",
+            default=0.0,
+            show_default=True,
+            help="Share of connections closed without an answer.",
+        ),
+        click.option(
+            "--rpm-limit",
+            default=0,
+            show_default=True,
+            help="429 past this many requests in 60 s (0: off).",
+        ),
+        click.option(
+            "--ratelimit-headers",
+            is_flag=True,
+            help="With --rpm-limit: OpenAI's x-ratelimit-*-requests headers on chat answers.",
+        ),
+        click.option(
+            "--slots",
+            default=0,
+            show_default=True,
+            help="Batch slots: past this many at once, latency grows with the load (0: off).",
+        ),
+        click.option(
+            "--overload",
+            default=0,
+            show_default=True,
+            help="503 for a request arriving while this many are being generated (0: never).",
+        ),
+        click.option(
+            "--retry-after",
+            default=1.0,
+            show_default=True,
+            help="Retry-After on 429s (negative: none).",
+        ),
+        click.option(
+            "--no-status-route",
+            is_flag=True,
+            help="/v1/status answers a plain 404 (tests the fallback).",
+        ),
+        click.option(
+            "--expire-after",
+            default=0.0,
+            show_default=True,
+            help="Forget ids not polled for this long (0: never).",
+        ),
+        click.option(
+            "--require-key-env",
+            default=None,
+            help="Require the key in this env var (401 otherwise).",
+        ),
+        click.option(
+            "--reasoning-field",
+            type=click.Choice(["reasoning_content", "reasoning", "think"]),
+            default="reasoning_content",
+            show_default=True,
+        ),
+        click.option("--seed", type=int, default=None, help="Seed for the fault rates."),
+        click.option(
+            "--ready-file",
+            type=click.Path(dir_okay=False),
+            help="Write the base URL here once listening.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

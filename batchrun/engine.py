@@ -247,7 +247,7 @@ class Engine:
             tries=tries, holds_request=item.state.holds_request, has_location=bool(item.location)
         )
         if isinstance(exc, AuthError) and not self.pool.all_out():
-            return self._elsewhere(item, exc)  # its endpoint is out; others take the row
+            return self._elsewhere(item)  # its endpoint is out; others take the row
         decision = decide(exc, history, self.policy, self.parts.rng)
         if isinstance(exc, RequestExpired):
             self.monitor.rebuying()
@@ -294,7 +294,7 @@ class Engine:
             self.request_stop(exc)
             raise _Stopped from None
 
-    def _elsewhere(self, item: WorkItem, exc: AuthError) -> bool:
+    def _elsewhere(self, item: WorkItem) -> bool:
         """A key refused at the row's endpoint while others still work: send the row to
         them. A row whose answer that endpoint holds stays as it is, for a later run."""
         if item.state.holds_request:

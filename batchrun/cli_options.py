@@ -1,4 +1,5 @@
-"""The `run` command's options: one click option per run setting, with its help text.
+"""The `run` command's options: one click option per run setting, with its help text; and
+the `mock-server` command's, one per setting of the mock endpoint.
 
 Apart from `-c`, `-p` and `-v`, which `cli.run` handles itself, each option's destination
 is the config key of the same name (`--max-attempts` gives `max_attempts`), so `cli.run`

@@ -1,9 +1,12 @@
-"""batchrun/concurrency.py: FixedLimit, and AdaptiveLimit's rules one by one (clock values
-passed in: no sleeping)."""
+"""batchrun/concurrency.py: FixedLimit, AdaptiveLimit's rules one by one, and AdaptiveLimit
+against a simulated slot-bound server (a discrete-event loop on a fake clock: no sleeping)."""
 
 from __future__ import annotations
 
+import heapq
 import math
+import random
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -295,3 +298,145 @@ def test_describe() -> None:
     assert state.window_latency_s == 1.6
     assert state.last_decision is Decision.CUT_LATENCY
     assert (state.windows, state.cuts) == (2, 1)
+
+
+# ---------------------------------------------------------------- a simulated server
+
+
+@dataclass
+class SlotServer:
+    """N slots: a request started with `active` requests on the wire (itself included) takes
+    base x max(1, active / N) x jitter. Past `fail_above` it fails at once instead."""
+
+    slots: int
+    base: float = 1.0
+    jitter: float = 0.0  # latency x uniform(1 - jitter, 1 + jitter)
+    fail_above: int | None = None
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def latency(self, active: int) -> float | None:
+        if self.fail_above is not None and active > self.fail_above:
+            return None
+        noise = self.rng.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else 1.0
+        return self.base * max(1.0, active / self.slots) * noise
+
+
+@dataclass
+class Run:
+    throughput: float  # answers a second after the warm-up
+    mean_limit: float  # time-averaged after the warm-up
+    peak_limit: int  # after the warm-up
+    overloads: int
+
+
+def simulate(
+    limit: ConcurrencyLimit,
+    server: SlotServer,
+    *,
+    duration: float = 2000.0,
+    warm_up: float = 200.0,
+    base_change: tuple[float, float] | None = None,
+) -> Run:
+    """A client that always has work: it keeps `limit.limit` requests on the wire.
+
+    `base_change` = (at, base): the server's base latency changes at that time."""
+    wire: list[tuple[float, int, float, bool]] = []  # (done at, seq, sent at, failed)
+    seq = 0
+    now = 0.0
+    answered = overloads = peak = 0
+    area = 0.0
+    last = warm_up
+
+    def fill() -> None:
+        nonlocal seq
+        while len(wire) < limit.limit:
+            took = server.latency(len(wire) + 1)
+            failed = took is None
+            heapq.heappush(wire, (now + (0.01 if took is None else took), seq, now, failed))
+            seq += 1
+
+    fill()
+    while wire and wire[0][0] <= duration:
+        done_at, _, sent_at, failed = heapq.heappop(wire)
+        if done_at > warm_up:
+            area += limit.limit * (done_at - last)
+            last = done_at
+            peak = max(peak, limit.limit)
+        now = done_at
+        if base_change and now >= base_change[0]:
+            server.base = base_change[1]
+        if failed:
+            overloads += 1
+            limit.on_overload(now)
+        else:
+            limit.on_answer(now - sent_at, len(wire) + 1, now)
+            answered += now > warm_up
+        fill()
+    span = duration - warm_up
+    return Run(answered / span, area / span, peak, overloads)
+
+
+N = 8
+
+
+@pytest.mark.parametrize(("jitter", "seed"), [(0.0, 0), (0.3, 1), (0.3, 2), (0.5, 3)])
+def test_settles_at_the_knee_of_a_slot_server(jitter: float, seed: int) -> None:
+    best = simulate(FixedLimit(N), SlotServer(N, jitter=jitter, rng=random.Random(seed)))
+    assert best.throughput == pytest.approx(N / 1.0, rel=0.05)  # the model is what it says
+
+    run = simulate(AdaptiveLimit(maximum=64), SlotServer(N, jitter=jitter, rng=random.Random(seed)))
+    assert run.throughput >= 0.9 * best.throughput
+    assert run.mean_limit >= N
+    assert run.peak_limit <= 3 * N
+
+
+def test_a_fixed_limit_past_the_knee_gains_nothing() -> None:
+    """Why AdaptiveLimit stops near N: the server's throughput is flat past its knee."""
+    at_knee = simulate(FixedLimit(N), SlotServer(N))
+    past = simulate(FixedLimit(4 * N), SlotServer(N))
+    below = simulate(FixedLimit(N // 2), SlotServer(N))
+    assert past.throughput == pytest.approx(at_knee.throughput, rel=0.02)
+    assert below.throughput == pytest.approx(at_knee.throughput / 2, rel=0.02)
+
+
+def test_settles_at_the_knee_of_a_large_server() -> None:
+    slots = 64
+    run = simulate(
+        AdaptiveLimit(maximum=512),
+        SlotServer(slots, jitter=0.3, rng=random.Random(5)),
+        duration=800.0,
+    )
+    assert run.throughput >= 0.9 * slots
+    assert run.mean_limit >= slots
+    assert run.peak_limit <= 2 * slots
+
+
+@pytest.mark.parametrize("new_base", [0.25, 0.5, 2.0, 4.0])
+def test_follows_a_server_whose_base_latency_changes(new_base: float) -> None:
+    run = simulate(
+        AdaptiveLimit(maximum=64),
+        SlotServer(N, jitter=0.3, rng=random.Random(11)),
+        duration=3000.0,
+        warm_up=1000.0 + 100 * new_base,  # measured after the change has been learned
+        base_change=(1000.0, new_base),
+    )
+    assert run.throughput >= 0.9 * N / new_base
+    assert run.peak_limit <= 3 * N
+
+
+def test_backs_off_a_server_that_fails_under_load() -> None:
+    fail_above = 2 * N
+    run = simulate(
+        AdaptiveLimit(maximum=64), SlotServer(N, fail_above=fail_above, rng=random.Random(3))
+    )
+    assert run.throughput >= 0.9 * N
+    assert run.peak_limit <= fail_above  # latency stops it before the failures do
+    assert run.overloads == 0
+
+
+def test_recovers_from_failures_at_the_knee() -> None:
+    """A server that fails as soon as it is full: only the overload cut holds the limit."""
+    run = simulate(AdaptiveLimit(maximum=64), SlotServer(N, fail_above=N))
+    assert run.throughput >= 0.75 * N
+    assert run.peak_limit <= N + 1
+    assert run.overloads > 0

@@ -12,6 +12,7 @@ import pytest
 
 from batchrun.concurrency import (
     BASELINE_FALL,
+    BASELINE_FLOOR_S,
     BASELINE_RISE,
     KNEE_MARGIN,
     AdaptiveLimit,
@@ -287,6 +288,18 @@ def test_baseline_falls_softly_on_a_small_drop_and_at_once_on_a_large_one() -> N
     assert limit.baseline_s == pytest.approx(1.0 - BASELINE_FALL * 0.2)
     now = window(limit, 0.1, now)  # far below anything noise explains
     assert limit.baseline_s == 0.1
+
+
+def test_baseline_has_a_floor() -> None:
+    """An instant local server: clock noise a fraction of a millisecond must not read as a
+    latency many times the baseline."""
+    limit = AdaptiveLimit(maximum=64, initial=4)
+    now = window(limit, 0.0, 10.0)
+    assert limit.baseline_s == BASELINE_FLOOR_S
+    for _ in range(5):
+        now = window(limit, 0.0012, now)
+    assert limit.last_decision is Decision.GROW
+    assert limit.limit == 10
 
 
 def test_describe() -> None:

@@ -37,7 +37,7 @@ from .lifecycle import RowState
 from .limits import RateLimiter
 from .lock import CheckpointLock
 from .monitor import RunStats
-from .preflight import keeps_answer_bodies, preflight, prepare
+from .preflight import check_held_endpoints, keeps_answer_bodies, preflight, prepare
 from .remote import is_remote
 from .signals import install_signal_handlers
 from .stop import StopSignal
@@ -116,6 +116,8 @@ async def run_job_async(
             checkpoint, resumed = open_checkpoint(cfg, files)
             try:
                 stats = prepare(cfg, checkpoint, resumed)
+                if not cfg.offline:
+                    check_held_endpoints(cfg, checkpoint)
                 if not cfg.offline:
                     check_space(cfg, checkpoint, stats.todo)
                 run = checkpoint.start_run()

@@ -17,6 +17,7 @@ from .checkpoint.damage import is_damage
 from .checkpoint.locate import PARQUET_MAGIC, starts_with
 from .config import RunConfig
 from .credentials import read_keys
+from .endpoints import endpoint_specs
 from .errors import BatchrunError, ConfigError
 from .monitor import RunStats
 from .remote import is_remote
@@ -142,3 +143,21 @@ def reuse_answers(cfg: RunConfig, checkpoint: Checkpoint, source: Path) -> int:
 def keeps_answer_bodies(cfg: RunConfig) -> bool:
     """OpenAI batch output carries each answer's whole body: only then is it kept."""
     return cfg.output_format != "parquet"
+
+
+def check_held_endpoints(cfg: RunConfig, checkpoint: Checkpoint) -> None:
+    """Refuse to start without an endpoint that holds answers of this job: they are paid
+    for, and only the endpoint that issued a request id can hand its answer out."""
+    known = {key for spec in endpoint_specs(cfg) for key in (spec.key, spec.base_url.rstrip("/"))}
+    missing = {
+        endpoint: n
+        for endpoint, n in checkpoint.held_by_endpoint().items()
+        if endpoint is not None and endpoint not in known
+    }
+    if missing:
+        listed = ", ".join(f"{n} rows at {endpoint!r}" for endpoint, n in sorted(missing.items()))
+        raise ConfigError(
+            f"answers of this job wait at endpoints this config does not list ({listed}); "
+            "they are paid for and only the endpoint that issued them hands them out: add "
+            "each back to [[endpoints]] (with its name, or its base_url) to collect them"
+        )

@@ -204,6 +204,16 @@ class CheckpointReader:
         ).fetchall()
         return [PendingId(row_id, request_id) for row_id, request_id in rows]
 
+    def held_by_endpoint(self) -> dict[str | None, int]:
+        """Rows whose answer an endpoint holds (a 202 id, a link, a stored answer), by the
+        endpoint that holds it (None: a row of an older release, at the job's endpoint)."""
+        rows = self._conn.execute(
+            "SELECT l.endpoint, count(*) FROM items JOIN live AS l ON l.idx = items.idx "
+            f"WHERE {OPEN} AND items.state IN (?, ?) GROUP BY l.endpoint",
+            (STATE_CODES[RowState.POLLING], STATE_CODES[RowState.FETCHED]),
+        ).fetchall()
+        return {endpoint: int(n) for endpoint, n in rows}
+
     def runs(self) -> list[RunRecord]:
         """Every run of the job, first first."""
         rows = self._conn.execute("SELECT * FROM runs ORDER BY run").fetchall()

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import endpoint_figures
 from .budget import job_cost
 from .checkpoint import FailureCause, RunRecord, Totals, locate_job, open_reader
 from .checkpoint.queries import split_location
@@ -37,7 +38,7 @@ from .destination import export
 from .errors import ConfigError
 from .lifecycle import RowState
 from .stats import quantiles
-from .validation import output_figures
+from .validation import validation_figures
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -286,18 +287,11 @@ def _summarize(output: Path, checkpoint: Path | None, exported: bool = False) ->
             for c in (job.invalid if job else _invalid_from_output(output))
         ],
         "parse_errors": scan.parse_errors,
-        "validation": _validation(output),
+        "validation": validation_figures(output),
+        "endpoints": endpoint_figures.from_output(output, settings.get("pricing")),
         "reused": scan.reused,
         "notes": _notes(scan, job, exported),
     }
-
-
-def _validation(output: Path) -> dict[str, int] | None:
-    """Answers checked against the job's schema (None: the job had none)."""
-    if "validation_attempts" not in pq.read_schema(output).names:
-        return None
-    table = pq.read_table(output, columns=["status", "validation_attempts"])
-    return output_figures(*(table.column(name).to_pylist() for name in table.column_names))
 
 
 def _invalid_from_output(output: Path) -> list[FailureCause]:

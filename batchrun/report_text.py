@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from .endpoint_figures import lines as endpoint_lines
+
 LABEL_WIDTH = len("parse errors")  # the longest label: one layout whatever rows show
 EXAMPLE_CHARS = 120  # of an error example on the terminal (the HTML page shows it whole)
 
@@ -99,5 +101,7 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(
             f"  invalid x{invalid['rows']}: {invalid['cause']} (e.g. {invalid['example']})"
         )
+    if summary.get("endpoints"):
+        lines += ["  by endpoint:", *endpoint_lines(summary["endpoints"])]
     lines += [f"  note: {note}" for note in summary["notes"]]
     return "\n".join(lines)

@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 
 from .budget import job_cost
 from .checkpoint import checkpoint_for, open_reader, require_checkpoint
+from .endpoint_figures import from_checkpoint
+from .endpoint_figures import lines as endpoint_lines
 from .errors import CheckpointError
 from .lifecycle import RowState
 from .lock import holder
@@ -51,6 +53,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
                 {"cause": c.cause, "rows": c.rows, "example": c.example}
                 for c in reader.invalid_causes()
             ],
+            "endpoints": from_checkpoint(reader, settings.get("pricing")),
             "model": settings.get("model"),
             "base_url": settings.get("base_url"),
             "output": settings.get("output"),
@@ -115,6 +118,7 @@ def format_status(info: dict[str, Any]) -> str:
             f"  {rejected['answers']} answers did not match the schema; "
             f"{rejected['rows']} rows asked again"
         )
+    lines += endpoint_lines(info.get("endpoints"))
     for failure in info["failures"]:
         lines.append(f"  failed x{failure['rows']}: {failure['cause']}")
     for invalid in info["invalid"]:

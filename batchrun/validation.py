@@ -156,3 +156,13 @@ def output_figures(statuses: list[str | None], attempts: list[int | None]) -> di
         asked_again += count > 1
         rejected += count - 1 if status == "ok" else count
     return {"rows_checked": checked, "rows_asked_again": asked_again, "answers_rejected": rejected}
+
+
+def validation_figures(output: Path) -> dict[str, int] | None:
+    """Answers checked against the job's schema, from an output (None: the job had none)."""
+    import pyarrow.parquet as pq
+
+    if "validation_attempts" not in pq.read_schema(output).names:
+        return None
+    table = pq.read_table(output, columns=["status", "validation_attempts"])
+    return output_figures(*(table.column(name).to_pylist() for name in table.column_names))

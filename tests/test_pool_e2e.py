@@ -4,6 +4,7 @@ hold 202 ids through an outage."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -167,6 +168,17 @@ def test_base_url_given_several_times_is_a_pool(three: list[MockServer], tmp_pat
     assert result.returncode == 0, result.stderr
     spread = Counter(r["endpoint"] for r in output_rows(out))
     assert spread.keys() == {s.base_url for s in three}
+
+    # status (from the checkpoint) and report (from the output) break the job down by endpoint
+    status = json.loads(run_cli("status", str(out), "--json", check=True).stdout)
+    report = json.loads(run_cli("report", str(out), "--json", check=True).stdout)
+    for figures in (status["endpoints"], report["endpoints"]):
+        assert {f["endpoint"]: f["rows"] for f in figures} == dict(spread)
+        assert all(f["ok"] == f["rows"] and f["failed"] == 0 for f in figures)
+        assert sum(f["prompt_tokens"] for f in figures) == status["tokens"]["prompt_tokens"]
+        assert all(f["latency_s"] for f in figures)
+    text = run_cli("status", str(out), check=True).stdout
+    assert all(f"  {s.base_url}: {spread[s.base_url]} rows" in text for s in three)
 
 
 def test_ids_held_at_an_endpoint_are_polled_there_after_a_kill(

@@ -214,6 +214,21 @@ class CheckpointReader:
         ).fetchall()
         return {endpoint: int(n) for endpoint, n in rows}
 
+    def by_endpoint(self) -> list[tuple[str, int, int, int, int, int, float | None]]:
+        """For each endpoint that answered rows: (endpoint, rows, ok, failed, prompt
+        tokens, completion tokens, mean latency of its ok rows)."""
+        done, failed = STATE_CODES[RowState.DONE], STATE_CODES[RowState.FAILED]
+        rows = self._conn.execute(
+            f"SELECT r.endpoint, count(*), sum(items.state = {done}), "
+            f"sum(items.state = {failed}), coalesce(sum(r.prompt_tokens), 0), "
+            "coalesce(sum(r.completion_tokens), 0), "
+            f"avg(CASE WHEN items.state = {done} THEN r.latency_s END) "
+            "FROM results AS r JOIN items ON items.idx = r.idx "
+            "WHERE r.endpoint IS NOT NULL AND items.idx < ? GROUP BY r.endpoint",
+            (self._upto,),
+        ).fetchall()
+        return [(self._name(row[0]), *row[1:]) for row in rows]
+
     def runs(self) -> list[RunRecord]:
         """Every run of the job, first first."""
         rows = self._conn.execute("SELECT * FROM runs ORDER BY run").fetchall()

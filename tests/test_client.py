@@ -877,3 +877,42 @@ def test_a_key_for_another_provider_never_goes_to_nvidia_hosts() -> None:
     nvidia = AiohttpTransport(api_key=KEY, trusted_urls=make_config().key_urls(), connections=1)
     assert nvidia._auth_headers("https://results.nvidia.com/out.zip")  # decision 5
     assert nvidia._auth_headers(S3_URL) == {}
+
+
+# ---------------------------------------------------------------- probe and the server's limits
+
+
+@pytest.mark.parametrize(("status", "answers"), [(200, True), (404, True), (503, False)])
+def test_probe_asks_models_and_any_answer_but_a_5xx_is_one(status: int, answers: bool) -> None:
+    async def body(client: EndpointClient, m: aioresponses) -> bool:
+        m.get(f"{BASE}/models", status=status, body=b"{}")
+        return await client.probe()
+
+    assert run(body) is answers
+
+
+def test_probe_of_a_refused_key_raises_and_a_dead_server_is_a_transport_error() -> None:
+    async def refused(client: EndpointClient, m: aioresponses) -> bool:
+        m.get(f"{BASE}/models", status=401, body=b"{}")
+        return await client.probe()
+
+    with pytest.raises(AuthError):
+        run(refused)
+
+    async def dead(client: EndpointClient, m: aioresponses) -> bool:
+        m.get(f"{BASE}/models", exception=aiohttp.ClientConnectionError("refused"))
+        return await client.probe()
+
+    with pytest.raises(TransportError):
+        run(dead)
+
+
+def test_an_answer_carries_the_servers_rate_limit_headers() -> None:
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}
+
+    async def body(client: EndpointClient, m: aioresponses) -> Answer:
+        m.post(CHAT, status=200, body=b"{}", headers=headers)
+        return await client.submit(b"{}", stream=False)
+
+    answer = run(body)
+    assert answer.limits is not None and answer.limits.pause_s() == 1.5

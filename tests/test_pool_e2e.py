@@ -5,6 +5,8 @@ hold 202 ids through an outage."""
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,9 +17,14 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.config import build_config, load_toml
+from batchrun.errors import ConfigError
+from batchrun.factory import new_transport
+from batchrun.job import run_job
 from batchrun.testing import MockServer, MockSettings
 
 from .conftest import FAST_CONFIG, prompts, run_cli, start_cli, write_jsonl
+from .test_upgrade import Redirect
 
 
 @pytest.fixture
@@ -228,3 +235,51 @@ def test_a_run_refuses_to_drop_an_endpoint_that_holds_answers(
     assert result.returncode == 2, result.stderr
     assert "held" in result.stderr and "5 rows" in result.stderr
     assert three[1].stats()["submissions"] == 0
+
+
+# ---------------------------------------------------------------- a checkpoint of the release before
+
+
+V4 = Path(__file__).parent / "fixtures" / "checkpoint-v4"
+V4_ORIGIN = "http://127.0.0.1:18233"
+
+
+def copy_v4(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The fixture's folder, copied, and its held request ids by row id."""
+    folder = tmp_path / "v4"
+    shutil.copytree(V4, folder)
+    conn = sqlite3.connect(folder / "out" / "job.parquet.checkpoint.sqlite")
+    try:
+        held = dict(
+            conn.execute("SELECT i.row_id, l.request_id FROM items i JOIN live l USING (idx)")
+        )
+    finally:
+        conn.close()
+    return folder, held
+
+
+def test_ids_a_previous_release_holds_are_polled_at_its_base_url(
+    mock_server: MockServer, tmp_path: Path
+) -> None:
+    folder, held = copy_v4(tmp_path)
+    for line in (folder / "in.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        mock_server.hold(held[row["id"]], row["prompt"])
+    cfg = build_config(load_toml(folder / "job.toml"), {"progress": False})
+    origin = mock_server.base_url.rsplit("/v1", 1)[0]
+    result = run_job(cfg, transport=Redirect(new_transport(cfg, None), V4_ORIGIN, origin))
+    assert result.exit_code == 0
+    rows = output_rows(folder / "out" / "job.parquet")
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    assert {r["endpoint"] for r in rows} == {f"{V4_ORIGIN}/v1"}
+    assert {r["request_id"] for r in rows} == set(held.values())
+    assert mock_server.stats()["submissions"] == 0  # polled, never bought again
+
+
+def test_a_previous_release_s_held_ids_keep_their_endpoint_in_the_config(tmp_path: Path) -> None:
+    folder, _ = copy_v4(tmp_path)
+    config = folder / "job.toml"
+    config.write_text(config.read_text().replace("18233", "18299"))
+    cfg = build_config(load_toml(config), {"progress": False})
+    with pytest.raises(ConfigError, match=r"6 rows at 'http://127.0.0.1:18233/v1'"):
+        run_job(cfg)

@@ -237,7 +237,7 @@ def test_a_run_refuses_to_drop_an_endpoint_that_holds_answers(
     assert three[1].stats()["submissions"] == 0
 
 
-# ---------------------------------------------------------------- a checkpoint of the release before
+# ---------------------------------------------------------------- the release before pools
 
 
 V4 = Path(__file__).parent / "fixtures" / "checkpoint-v4"

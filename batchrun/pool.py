@@ -227,6 +227,9 @@ class EndpointPool:
         if endpoint.health.state is Health.OUT:
             return
         endpoint.health.take_out(why)
+        self._wake_all()  # waiters may now have nowhere to go: they raise
+        if self._single:
+            return  # the job stops on it, and says so
         others = [e.key for e in self.endpoints if e.health.state is not Health.OUT]
         log.warning(
             "endpoint %s refused the key in $%s; it gets no more rows this run%s",
@@ -234,7 +237,6 @@ class EndpointPool:
             f" (going on with {', '.join(others)})" if others else "",
         )  # fmt: skip
         self._changed(endpoint)
-        self._wake_all()  # waiters may now have nowhere to go: they raise
 
     def _changed(self, endpoint: Endpoint, cool_s: float | None = None) -> None:
         if self._monitor is not None:

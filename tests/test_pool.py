@@ -371,3 +371,11 @@ def test_earliest_is_what_reserve_books(seed: int) -> None:
             window.on_rate_limited(now, None)
         looked = window.earliest(now, tokens)
         assert window.reserve(now, tokens).at == looked
+
+
+@pytest.mark.parametrize("name", ["nvidia-keys.toml", "vllm-replicas.toml"])
+def test_the_readmes_pool_configs_are_valid(name: str) -> None:
+    path = Path(__file__).parent.parent / "configs" / name
+    cfg = build_config(load_toml(path), {"output": "out.parquet"})
+    specs = endpoint_specs(cfg)
+    assert len(specs) >= 2 and len({s.key for s in specs}) == len(specs)

@@ -29,6 +29,7 @@ from .config import RunConfig
 from .dataset import expand_inputs
 from .disk import check_space, disk_stop, fault_path, from_fault
 from .dispatch import run_engine
+from .endpoints import endpoint_specs
 from .errors import BatchrunError, DiskError
 from .events import EventLog
 from .factory import Services, build_engine, new_transports
@@ -243,6 +244,7 @@ def _start_fields(
         "checkpoint": str(cfg.checkpoint_path),
         "model": cfg.model,
         "base_url": cfg.base_url,
+        "endpoints": [spec.key for spec in endpoint_specs(cfg)],
         "rows": checkpoint.row_count(),
         "to_send": stats.todo,
         "resumed": resumed,

@@ -56,6 +56,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
             "endpoints": from_checkpoint(reader, settings.get("pricing")),
             "model": settings.get("model"),
             "base_url": settings.get("base_url"),
+            "pool": [e.get("name") or e["base_url"] for e in settings.get("endpoints") or []],
             "output": settings.get("output"),
             "created_at": float(reader.get_meta("created_at") or 0) or None,
         }
@@ -104,7 +105,7 @@ def format_status(info: dict[str, Any]) -> str:
         f"  tokens: {tokens['prompt_tokens']:,} prompt + {tokens['completion_tokens']:,} "
         f"completion = {tokens['total_tokens']:,}; {tokens['attempts']} requests sent"
         + (f"; cost ${info['cost']:.4f}" if info.get("cost") is not None else ""),
-        f"  model {info['model']} at {info['base_url']}",
+        f"  model {info['model']} at {', '.join(info.get('pool') or [info['base_url']])}",
     ]
     if info.get("created_at"):
         lines.append(

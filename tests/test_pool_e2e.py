@@ -108,6 +108,7 @@ def test_one_endpoint_dies_mid_run_and_comes_back(three: list[MockServer], tmp_p
     events = log.read_text()
     assert '"event": "endpoint"' in events and '"state": "cooling"' in events
     assert '"state": "up"' in events
+    assert '"endpoints": ["replica-0", "replica-1", "replica-2"]' in events  # job_start
     assert "endpoint replica-1 cooling down" in stderr
 
 
@@ -186,6 +187,7 @@ def test_base_url_given_several_times_is_a_pool(three: list[MockServer], tmp_pat
         assert all(f["latency_s"] for f in figures)
     text = run_cli("status", str(out), check=True).stdout
     assert all(f"  {s.base_url}: {spread[s.base_url]} rows" in text for s in three)
+    assert f"at {', '.join(s.base_url for s in three)}" in text
 
 
 def test_ids_held_at_an_endpoint_are_polled_there_after_a_kill(

@@ -1,4 +1,5 @@
-"""Request-rate and token-rate limits, the 429 slow-down, and the pending-id capacity.
+"""Request-rate and token-rate limits, the 429 slow-down, the pending-id capacity, and the
+first-come-first-served queue (`Waiters`) that it and the endpoint pool wait in.
 
 `RateWindow` is pure logic on a clock value: `reserve(now, tokens)` books the earliest start
 time that keeps every limit and returns it, never blocking. That is what a shared limiter
@@ -253,6 +254,48 @@ class RateLimiter:
         self.window.pause(self.now() + seconds)
 
 
+class Waiters:
+    """Tasks queued, first come first served, for something that frees up piecemeal (a slot).
+
+    `wake(n)` wakes the first n; a woken task that is cancelled before it runs passes its
+    turn on. Until the woken run, `busy` stays true, so a newcomer that checks it queues
+    behind them instead of taking what was freed for them.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._woken = 0  # woken, not run yet
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue) or self._woken > 0
+
+    async def wait(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+            elif waiter.done():
+                self._woken -= 1
+                self.wake(1)  # woken but leaving: pass the turn on
+            raise
+        self._woken -= 1
+
+    def wake(self, count: int = 1) -> None:
+        while count > 0 and self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._woken += 1
+                count -= 1
+
+    def wake_all(self) -> None:
+        self.wake(len(self._queue))
+
+
 class Capacity:
     """How many request ids may await their result (`max_pending`).
 
@@ -264,21 +307,12 @@ class Capacity:
         self.limit = limit
         self.used = 0
         self.closed = False
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters = Waiters()
 
     async def acquire(self) -> bool:
         """Take a slot, waiting for one; False (no slot) once the capacity is closed."""
         while self.used >= self.limit and not self.closed:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                elif waiter.done():
-                    self._wake_one()  # we were woken but will not take the slot: pass it on
-                raise
+            await self._waiters.wait()
         if self.closed:
             return False
         self.used += 1
@@ -287,21 +321,11 @@ class Capacity:
     def close(self) -> None:
         """Wake every waiter with no slot (the job is stopping)."""
         self.closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        self._waiters.wake_all()
 
     def take(self) -> None:
         self.used += 1
 
     def release(self) -> None:
         self.used -= 1
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
+        self._waiters.wake(1)

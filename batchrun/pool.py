@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from .config import RunConfig
 from .endpoints import EndpointSpec
 from .errors import AuthError, EndpointError, RateLimitError, ServerError, TransportError
 from .health import EndpointHealth, Health
-from .limits import Limiter
+from .limits import Limiter, Waiters
 from .monitor import Monitor
 from .payloads import BodyBuilder
 from .server_limits import ServerLimits
@@ -89,8 +88,7 @@ class EndpointPool:
             self._by_key.setdefault(endpoint.spec.base_url.rstrip("/"), endpoint)
         self._by_key.update({endpoint.key: endpoint for endpoint in self.endpoints})
         self._single = len(self.endpoints) == 1
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._woken = 0  # waiters woken that have not run yet
+        self._waiters = Waiters()
         self._probes: set[asyncio.Task[None]] = set()
 
     @property
@@ -116,7 +114,7 @@ class EndpointPool:
     async def lease(self, prompt_tokens: int = 0) -> Endpoint:
         """A slot on the endpoint that can start a request soonest, waiting for one.
         Raises AuthError when every endpoint's key has been refused."""
-        queued = bool(self._waiters) or self._woken > 0  # first come, first served
+        queued = self._waiters.busy  # first come, first served
         while True:
             endpoint = None if queued else self._choose(prompt_tokens)
             if endpoint is not None:
@@ -127,12 +125,12 @@ class EndpointPool:
                     "every endpoint refused its key: "
                     + "; ".join(f"{e.key}: {e.health.why}" for e in self.endpoints)
                 )
-            await self._wait()
+            await self._waiters.wait()
             queued = False
 
     def release(self, endpoint: Endpoint) -> None:
         endpoint.in_flight -= 1
-        self._wake(1)
+        self._waiters.wake(1)
 
     def _choose(self, prompt_tokens: int) -> Endpoint | None:
         if self._single:
@@ -159,32 +157,6 @@ class EndpointPool:
             return [e for e in up if not e.spec.fallback] or up
         return [e for e in self.endpoints if e.health.state is Health.COOLING]
 
-    async def _wait(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            elif waiter.done():
-                self._woken -= 1
-                self._wake(1)  # woken but leaving: pass the slot on
-            raise
-        self._woken -= 1
-
-    def _wake(self, count: int) -> None:
-        """Wake `count` waiters; until they run, newcomers queue behind them (no barging)."""
-        while count > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                self._woken += 1
-                count -= 1
-
-    def _wake_all(self) -> None:
-        self._wake(len(self._waiters))
-
     # ---- what came back
 
     def answered(
@@ -195,7 +167,7 @@ class EndpointPool:
         before = endpoint.concurrency.limit
         endpoint.concurrency.on_answer(latency_s, endpoint.in_flight, self._clock.monotonic())
         if endpoint.concurrency.limit > before:
-            self._wake(endpoint.concurrency.limit - before)
+            self._waiters.wake(endpoint.concurrency.limit - before)
         if limits is not None and (pause := limits.pause_s()) is not None:
             log.debug("%s: rate limit used up for %.1fs (its headers say)", endpoint.key, pause)
             endpoint.limiter.pause(pause)
@@ -227,7 +199,7 @@ class EndpointPool:
         if endpoint.health.state is Health.OUT:
             return
         endpoint.health.take_out(why)
-        self._wake_all()  # waiters may now have nowhere to go: they raise
+        self._waiters.wake_all()  # waiters may now have nowhere to go: they raise
         if self._single:
             return  # the job stops on it, and says so
         others = [e.key for e in self.endpoints if e.health.state is not Health.OUT]
@@ -266,7 +238,7 @@ class EndpointPool:
             if health.up:
                 log.warning("endpoint %s answers again; it gets rows again", endpoint.key)
                 self._changed(endpoint)
-                self._wake(endpoint.concurrency.limit)
+                self._waiters.wake(endpoint.concurrency.limit)
             else:
                 log.info(
                     "endpoint %s still down (%s); next probe in %.0fs",

@@ -68,19 +68,7 @@ class Engine:
         self.policy = RetryPolicy.from_config(cfg)
         schema = cfg.answer_schema()
         self.check = AnswerCheck(schema, cfg.max_validation_retries) if schema else None
-        self.pollers = {
-            endpoint.key: Poller(
-                endpoint.client,
-                min_interval=cfg.min_poll_interval,
-                max_time=cfg.max_poll_time,
-                policy=self.policy,
-                stop=parts.stop,
-                clock=parts.clock,
-                monitor=parts.monitor,
-                rng=parts.rng,
-            )  # fmt: skip
-            for endpoint in self.pool.endpoints
-        }
+        self.pollers = {e.key: poller(e, cfg, parts, self.policy) for e in self.pool.endpoints}
 
     @property
     def stopping(self) -> bool:
@@ -327,6 +315,14 @@ class Engine:
     def _fail(self, item: WorkItem, exc: BaseException, request_id: str | None = None) -> None:
         outcome = failure(exc, request_id or item.request_id, self._latency(item))
         self._finish(item, replace(outcome, endpoint=item.endpoint))
+
+
+def poller(endpoint: Endpoint, cfg: RunConfig, parts: EngineParts, policy: RetryPolicy) -> Poller:
+    """What polls the 202 ids `endpoint` issues (they are polled there alone)."""
+    return Poller(
+        endpoint.client, min_interval=cfg.min_poll_interval, max_time=cfg.max_poll_time,
+        policy=policy, stop=parts.stop, clock=parts.clock, monitor=parts.monitor, rng=parts.rng,
+    )  # fmt: skip
 
 
 def failure(exc: BaseException, request_id: str | None, latency_s: float | None) -> Outcome:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from .budget import job_cost
 from .checkpoint.figures import Totals
-from .stats import quantiles
 
 if TYPE_CHECKING:
     from .checkpoint.queries import CheckpointReader
@@ -38,6 +37,8 @@ class EndpointFigures:
     def done(self, pricing: Mapping[str, float] | None) -> dict[str, Any]:
         if self._latencies:
             import numpy as np
+
+            from .stats import quantiles  # numpy: not at start-up
 
             self.latency_s = quantiles(np.concatenate(self._latencies), LATENCY_AT)
         self.cost_usd = job_cost(

@@ -29,6 +29,7 @@ from .config import RunConfig
 from .dataset import expand_inputs
 from .disk import check_space, disk_stop, fault_path, from_fault
 from .dispatch import run_engine
+from .endpoint_figures import from_checkpoint
 from .endpoints import endpoint_specs
 from .errors import BatchrunError, DiskError
 from .events import EventLog
@@ -71,6 +72,7 @@ class JobResult:
     cap_to_finish: float | None = None  # after a --max-cost stop: a cap that lets it finish
     rows_past_limit: int = 0  # kept from earlier runs past a lowered --limit
     repeats: int = 1  # samples of each input row (rows above are checkpoint rows)
+    endpoints: list[dict[str, Any]] | None = None  # a pool's figures by endpoint
 
 
 class Watcher(Protocol):
@@ -214,6 +216,7 @@ def _finish(
         cap_to_finish=_cap_to_finish(cfg, counts, cost, stopped),
         rows_past_limit=checkpoint.rows_past_limit(),
         repeats=cfg.repeats,
+        endpoints=from_checkpoint(checkpoint, cfg.pricing) if len(cfg.endpoints) > 1 else None,
     )
 
 

@@ -34,6 +34,7 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
         counts = reader.counts()
         settings = reader.get_json("settings", {})
         totals = reader.totals()
+        pooled = len(settings.get("endpoints") or []) > 1
         return {
             "checkpoint": str(checkpoint),
             "running": holder(checkpoint),
@@ -53,7 +54,8 @@ def job_status(path: Path, *, ids: int = 20) -> dict[str, Any]:
                 {"cause": c.cause, "rows": c.rows, "example": c.example}
                 for c in reader.invalid_causes()
             ],
-            "endpoints": from_checkpoint(reader, settings.get("pricing")),
+            # A pool's only: it reads every answer (the figures above come from `totals`).
+            "endpoints": from_checkpoint(reader, settings.get("pricing")) if pooled else None,
             "model": settings.get("model"),
             "base_url": settings.get("base_url"),
             "pool": [e.get("name") or e["base_url"] for e in settings.get("endpoints") or []],

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .config import RunConfig, failure_budget
+from .endpoint_figures import lines as endpoint_lines
 from .lifecycle import RowState
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ def format_summary(
     if result.parse_errors:
         lines.append(f"  {result.parse_errors} answers did not parse as JSON (see parse_error)")
     lines += past_limit_lines(result.rows_past_limit, total, result.repeats)
+    if result.endpoints:
+        lines += ["  by endpoint:", *endpoint_lines(result.endpoints)]
     lines += [f"  failed x{c.rows}: {c.label}" for c in result.failure_causes]
     lines += invalid_lines(result.invalid_causes)
     lines.append("  output: " + ", ".join(str(p) for p in result.outputs))

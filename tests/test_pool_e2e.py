@@ -110,6 +110,9 @@ def test_one_endpoint_dies_mid_run_and_comes_back(three: list[MockServer], tmp_p
     assert '"state": "up"' in events
     assert '"endpoints": ["replica-0", "replica-1", "replica-2"]' in events  # job_start
     assert "endpoint replica-1 cooling down" in stderr
+    # The run's summary breaks the rows down by endpoint, as status and report do.
+    spread = Counter(r["endpoint"] for r in rows)
+    assert all(f"  replica-{i}: {spread[f'replica-{i}']} rows" in stderr for i in range(3))
 
 
 def test_a_refused_key_takes_its_endpoint_out_and_the_job_goes_on(

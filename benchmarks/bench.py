@@ -1,7 +1,8 @@
 """`make bench`: run the selected benchmarks and write the results document.
 
     python -m benchmarks.bench [--quick] [--results PATH] [--workdir PATH]
-        [--only throughput,latency,memory,remote,resume,ledger,pending,rate,engines,hotpath]
+        [--only throughput,latency,memory,remote,resume,ledger,pending,rate,pool,engines,
+               hotpath]
 
 Full sizes write benchmarks/RESULTS.md; --quick (small sizes, a smoke test of the suite
 itself) writes out/bench/RESULTS-quick.md unless --results says otherwise. Work files and
@@ -30,6 +31,7 @@ from benchmarks.engines import engines  # noqa: E402
 from benchmarks.hotpath import hotpath  # noqa: E402
 from benchmarks.ledger import ledger  # noqa: E402
 from benchmarks.measure import load_average, machine  # noqa: E402
+from benchmarks.pool import pool  # noqa: E402
 from benchmarks.protocol import pending, rate  # noqa: E402
 from benchmarks.remote import remote_memory  # noqa: E402
 from benchmarks.report import Section, Verdict, render, write  # noqa: E402
@@ -45,6 +47,7 @@ SUITES = {
     "ledger": ledger,
     "pending": pending,
     "rate": rate,
+    "pool": pool,
     "engines": engines,
     "hotpath": hotpath,
 }
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only:
             log(f"--- {name}")
             try:
-                sections.append(SUITES[name](ctx))
+                found = SUITES[name](ctx)  # a section, or a list of them
+                sections += found if isinstance(found, list) else [found]
             except Exception as exc:  # one broken benchmark must not hide the others
                 traceback.print_exc()
                 ctx.failures.append(f"{name}: {exc!r}")

@@ -30,6 +30,10 @@ FULL: dict[str, Any] = {
     "pending_latency": 30,
     "rate_rows": 1_800,
     "rate_rpm": 600,
+    "pool_rows": 960,  # an endpoint's rows: 30 s at 16 in flight and 0.5 s a row
+    "pool_rounds": 2,
+    "auto_seconds": 60,  # a run of the "auto" sweep, at its ideal rate
+    "auto_sweep": (2, 4, 8, 12, 16, 24),
     "engine_rows": 5_000,
     "engine_rounds": 2,
 }
@@ -50,6 +54,10 @@ QUICK: dict[str, Any] = {
     "pending_latency": 8,
     "rate_rows": 150,
     "rate_rpm": 600,
+    "pool_rows": 160,
+    "pool_rounds": 1,
+    "auto_seconds": 8,
+    "auto_sweep": (4, 8, 16),
     "engine_rows": 500,
     "engine_rounds": 1,
 }

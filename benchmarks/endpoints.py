@@ -173,13 +173,18 @@ class MockProcess(Server):
 
 
 def start_mock(workdir: Path, name: str, cpus: str | None = None, **settings: Any) -> MockProcess:
-    """The mock endpoint with settings as flags, e.g. latency=0.05, rpm_limit=600."""
+    """The mock endpoint with settings as flags, e.g. latency=0.05, rpm_limit=600; a boolean
+    is a switch (ratelimit_headers=True gives `--ratelimit-headers`, False leaves it out)."""
     ready = workdir / f"mock-{name}.url"
     ready.unlink(missing_ok=True)
     cmd = [*batchrun_exe(), "mock-server", "--port", str(settings.pop("port", 0))]
     cmd += ["--ready-file", str(ready)]
     for key, value in settings.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            cmd += [flag] if value else []
+        else:
+            cmd += [flag, str(value)]
     if cpus is not None:
         cmd = ["taskset", "-c", cpus, *cmd]
     log = workdir / f"mock-{name}.log"

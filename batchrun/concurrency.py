@@ -62,7 +62,8 @@ class ConcurrencyLimit(Protocol):
 
     def on_answer(self, latency_s: float, in_flight: int, now: float) -> None:
         """A request answered OK (200/202) after `latency_s`; `in_flight` is the number of
-        requests on the wire when it was answered, itself included."""
+        requests on the wire with it, itself included (the pool passes the more of those
+        when it was sent and when it was answered)."""
         ...
 
     def on_overload(self, now: float) -> None:

@@ -168,7 +168,7 @@ class Engine:
         body, stream = endpoint.builder.build_with_stream(messages, item.overrides, self.cfg.stream)
         self.rows.submit(item, self.clock.wall(), endpoint.key)
         self.monitor.sending()
-        started = self.clock.monotonic()
+        started, on_wire = self.clock.monotonic(), endpoint.in_flight
         try:
             answer = await endpoint.client.submit(body, stream=stream, extra_headers=headers)
         except (EndpointError, AuthError) as exc:
@@ -176,7 +176,7 @@ class Engine:
             raise
         finally:
             self.monitor.sent()
-        self.pool.answered(endpoint, self.clock.monotonic() - started, answer.limits)
+        self.pool.answered(endpoint, self.clock.monotonic() - started, on_wire, answer.limits)
         return answer, reservation
 
     async def _outcome(self, item: WorkItem, answer: Answer) -> Outcome:

@@ -160,12 +160,21 @@ class EndpointPool:
     # ---- what came back
 
     def answered(
-        self, endpoint: Endpoint, latency_s: float, limits: ServerLimits | None = None
+        self,
+        endpoint: Endpoint,
+        latency_s: float,
+        on_wire: int,
+        limits: ServerLimits | None = None,
     ) -> None:
-        """A submission got an answer (200, 202 or 302) after `latency_s`."""
+        """A submission got an answer (200, 202 or 302) after `latency_s`; `on_wire`
+        submissions were on the wire at the endpoint when it was sent, itself included.
+        The limit hears the more of that and of those on the wire now: requests sent one
+        after another look idle by the first count, and answers that come back together
+        (each freeing its slot before the next is counted) by the second."""
         endpoint.health.on_success()
         before = endpoint.concurrency.limit
-        endpoint.concurrency.on_answer(latency_s, endpoint.in_flight, self._clock.monotonic())
+        load = max(on_wire, endpoint.in_flight)
+        endpoint.concurrency.on_answer(latency_s, load, self._clock.monotonic())
         if endpoint.concurrency.limit > before:
             self._waiters.wake(endpoint.concurrency.limit - before)
         if limits is not None and (pause := limits.pause_s()) is not None:

@@ -23,6 +23,7 @@ import pytest
 
 from batchrun.budget import BudgetSpent, CostBudget, Pricing
 from batchrun.checkpoint import Checkpoint, CheckpointWriter, ResultPage
+from batchrun.concurrency import FixedLimit
 from batchrun.dispatch import dispatch, run_engine
 from batchrun.errors import AuthError, Interrupted, JobStopped, TransportError
 from batchrun.lifecycle import (
@@ -1331,3 +1332,36 @@ def test_an_id_already_paid_for_is_polled_whatever_the_cost_cap(
     assert h.transport.summary() == [("GET", status("id-0"))]  # polled; row 1 never sent
     assert checkpoint.counts() == {"done": 1, "pending": 1}
     assert budget.spent == 15.0  # counted against the cap all the same
+
+
+def test_an_endpoints_limit_hears_the_load_each_request_went_out_and_came_back_under() -> None:
+    """Four requests sent one after another and answered together were four on the wire:
+    neither the count at sending (1, 2, 3, 4) nor at answering (4, 3, 2, 1) says so alone,
+    and an adaptive limit that heard either would think a full endpoint idle."""
+
+    class Heard(FixedLimit):
+        def __init__(self) -> None:
+            super().__init__(4)
+            self.loads: list[int] = []
+
+        def on_answer(self, latency_s: float, in_flight: int, now: float) -> None:
+            self.loads.append(in_flight)
+
+    async def main() -> list[int]:
+        gate = asyncio.Event()
+
+        async def handler(call: Call) -> Reply:
+            await gate.wait()
+            return ok()
+
+        h = make_engine(handler)
+        heard = h.engine.pool.first.concurrency = Heard()
+        tasks = [asyncio.create_task(h.engine.run_item(new_item(i))) for i in range(4)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*tasks)
+        return heard.loads
+
+    loads = asyncio.run(guarded(main()))
+    assert len(loads) == 4 and min(loads) >= 3, loads

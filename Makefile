@@ -68,7 +68,7 @@ bench-deps: $(BENCH_STAMP)
 	    ($(NGINX_PKG) || (apt-get update -q && $(NGINX_PKG))) >/dev/null 2>&1 || \
 	    echo "bench: nginx could not be installed; the Python fallback endpoint will be used"
 
-# Full sizes, about an hour (the remote-input memory runs add four 1M-row jobs); writes benchmarks/RESULTS.md (the only place speed claims live).
+# Full sizes, over an hour (the remote-input memory runs add four 1M-row jobs, the endpoint pool ~13 min); writes benchmarks/RESULTS.md (the only place speed claims live).
 bench: bench-deps
 	BENCH_INVOKED="make bench" $(BIN)/python -m benchmarks.bench
 

@@ -133,11 +133,11 @@ class Engine:
     async def _poll(self, item: WorkItem) -> Answer:
         """Poll the row's id at the endpoint that issued it, and nowhere else."""
         endpoint = self._endpoint_of(item)
-        endpoint.pending += 1
+        self.pool.polling(endpoint)
         try:
             return await self.pollers[endpoint.key].until_final(item)
         finally:
-            endpoint.pending -= 1
+            self.pool.polled(endpoint)
 
     def _endpoint_of(self, item: WorkItem) -> Endpoint:
         endpoint = self.pool.find(item.endpoint)

@@ -132,6 +132,14 @@ class EndpointPool:
         endpoint.in_flight -= 1
         self._waiters.wake(1)
 
+    def polling(self, endpoint: Endpoint) -> None:
+        """A 202 id of `endpoint` is being polled (it counts against its max_pending)."""
+        endpoint.pending += 1
+
+    def polled(self, endpoint: Endpoint) -> None:
+        endpoint.pending -= 1
+        self._waiters.wake(1)  # room for a row waiting on that endpoint's pending ids
+
     def _choose(self, prompt_tokens: int) -> Endpoint | None:
         if self._single:
             endpoint = self.first
@@ -200,6 +208,7 @@ class EndpointPool:
             )  # fmt: skip
             self._changed(endpoint, cool_s=pause)
             self._probe_later(endpoint)
+            self._waiters.wake_all()  # rows waiting for it may go elsewhere (a fallback)
 
     def all_out(self) -> bool:
         return all(e.health.state is Health.OUT for e in self.endpoints)

@@ -1365,3 +1365,29 @@ def test_an_endpoints_limit_hears_the_load_each_request_went_out_and_came_back_u
 
     loads = asyncio.run(guarded(main()))
     assert len(loads) == 4 and min(loads) >= 3, loads
+
+
+def test_resumed_ids_past_max_pending_do_not_stall_the_rows_after_them(
+    tmp_path: Path, closing: Any
+) -> None:
+    """More held ids than max_pending (a resume after max_pending was lowered): new rows
+    wait for room at the endpoint, and a poll that ends makes that room."""
+    held_rows = {i: Row(i, state=POLLING, request_id=f"id-{i}") for i in range(4)}
+    checkpoint = make_checkpoint(tmp_path, 8, held_rows)
+    closing(checkpoint)
+    polls: dict[int, int] = {}
+
+    def build_handler(h: Harness) -> Handler:
+        def handler(call: Call) -> Reply:
+            i = row_of(call)
+            if call.method == "POST":
+                return ok(f"ok-{i}")
+            polls[i] = polls.get(i, 0) + 1
+            return accepted(f"id-{i}") if polls[i] < 3 else ok(f"id-{i}")
+
+        return handler
+
+    h, error = run_on_checkpoint(checkpoint, build_handler, max_pending=2, concurrency=2)
+    assert error is None
+    assert checkpoint.counts() == {"done": 8}
+    assert sorted(row_of(c) for c in h.transport.calls if c.method == "POST") == [4, 5, 6, 7]

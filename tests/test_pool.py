@@ -379,3 +379,34 @@ def test_the_readmes_pool_configs_are_valid(name: str) -> None:
     cfg = build_config(load_toml(path), {"output": "out.parquet"})
     specs = endpoint_specs(cfg)
     assert len(specs) >= 2 and len({s.key for s in specs}) == len(specs)
+
+
+@in_loop
+async def test_a_poll_that_ends_makes_room_for_a_waiting_row() -> None:
+    """A primary whose pending ids are its limit, with a fallback the row may not use: the
+    row waits for the primary, and the end of a poll there (no submission ends) wakes it."""
+    clock = FakeClock()
+    primary = endpoint("primary", clock, pending=2)
+    pool = pool_of(primary, endpoint("spare", clock, fallback=True), clock=clock)
+    pool.polling(primary)
+    pool.polling(primary)
+    waiting = asyncio.create_task(pool.lease())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    pool.polled(primary)
+    assert (await asyncio.wait_for(waiting, 1)).key == "primary"
+
+
+@in_loop
+async def test_rows_waiting_for_a_busy_primary_go_to_the_fallback_once_it_cools() -> None:
+    clock = FakeClock(block_from=1.0)
+    primary = endpoint("primary", clock, concurrency=1)
+    pool = pool_of(primary, endpoint("spare", clock, fallback=True), clock=clock)
+    await pool.lease()
+    waiting = asyncio.create_task(pool.lease())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    for _ in range(STREAK):
+        pool.failed(primary, TransportError("connection reset"))
+    assert (await asyncio.wait_for(waiting, 1)).key == "spare"
+    await pool.close()

@@ -1009,6 +1009,25 @@ def row_of(call: Call) -> int:
     return int(call.url.rsplit("-", 1)[1])
 
 
+def posts_ok_polls_pending(
+    polls: dict[int, int], still_pending: Callable[[int, int], bool]
+) -> Callable[[Harness], Handler]:
+    """Submissions answered at once; the n-th poll of row i's id answers 202 while
+    `still_pending(i, n)`, then the answer. `polls` counts each row's polls."""
+
+    def build_handler(h: Harness) -> Handler:
+        def handler(call: Call) -> Reply:
+            i = row_of(call)
+            if call.method == "POST":
+                return ok(f"ok-{i}")
+            polls[i] = polls.get(i, 0) + 1
+            return accepted(f"id-{i}") if still_pending(i, polls[i]) else ok(f"id-{i}")
+
+        return handler
+
+    return build_handler
+
+
 def run_on_checkpoint(
     checkpoint: Checkpoint,
     build_handler: Callable[[Harness], Handler],
@@ -1109,17 +1128,7 @@ def test_resumed_ids_are_polled_first_and_never_posted(tmp_path: Path, closing: 
     )
     closing(checkpoint)
     polls: dict[int, int] = {}
-
-    def build_handler(h: Harness) -> Handler:
-        def handler(call: Call) -> Reply:
-            i = row_of(call)
-            if call.method == "POST":
-                return ok(f"ok-{i}")
-            polls[i] = polls.get(i, 0) + 1
-            return accepted(f"id-{i}") if i == 5 and polls[i] == 1 else ok(f"id-{i}")
-
-        return handler
-
+    build_handler = posts_ok_polls_pending(polls, lambda i, n: i == 5 and n == 1)
     h, error = run_on_checkpoint(checkpoint, build_handler)
     assert error is None
     assert checkpoint.counts() == {"done": 10}
@@ -1375,18 +1384,7 @@ def test_resumed_ids_past_max_pending_do_not_stall_the_rows_after_them(
     held_rows = {i: Row(i, state=POLLING, request_id=f"id-{i}") for i in range(4)}
     checkpoint = make_checkpoint(tmp_path, 8, held_rows)
     closing(checkpoint)
-    polls: dict[int, int] = {}
-
-    def build_handler(h: Harness) -> Handler:
-        def handler(call: Call) -> Reply:
-            i = row_of(call)
-            if call.method == "POST":
-                return ok(f"ok-{i}")
-            polls[i] = polls.get(i, 0) + 1
-            return accepted(f"id-{i}") if polls[i] < 3 else ok(f"id-{i}")
-
-        return handler
-
+    build_handler = posts_ok_polls_pending({}, lambda _, n: n < 3)
     h, error = run_on_checkpoint(checkpoint, build_handler, max_pending=2, concurrency=2)
     assert error is None
     assert checkpoint.counts() == {"done": 8}

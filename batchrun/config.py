@@ -367,7 +367,10 @@ def _check_consistency(cfg: RunConfig, labels: _Labels) -> None:
         raise ConfigError(f"{labels.key('backoff_max')} must be >= backoff_base")
     if "model" in cfg.params:
         raise ConfigError(f"{labels.param('model')}: set the model with --model / model = ...")
-    check_body_fields(cfg.params, labels.param, nvidia=cfg.is_nvidia())
+    nvidia = any(endpoint_config(cfg, s).is_nvidia() for s in cfg.endpoints) or (
+        not cfg.endpoints and cfg.is_nvidia()
+    )
+    check_body_fields(cfg.params, labels.param, nvidia=nvidia)
     check_repeats(cfg.repeats, cfg.params, cfg.drop_params, labels.key("repeats"))
     if cfg.engine == "ray" and cfg.endpoints:
         raise ConfigError(
@@ -381,7 +384,7 @@ def _check_consistency(cfg: RunConfig, labels: _Labels) -> None:
                 f"{labels.key('timeout')} ({own.timeout:g}s) must be longer than the "
                 f"hold_seconds of endpoint {spec.key} ({own.hold_seconds}s)"
             )
-    if cfg.is_nvidia() and cfg.timeout <= cfg.hold_seconds:
+    if not cfg.endpoints and cfg.is_nvidia() and cfg.timeout <= cfg.hold_seconds:
         raise ConfigError(
             f"{labels.key('timeout')} ({cfg.timeout:g}s) must be longer than hold_seconds "
             f"({cfg.hold_seconds}s): the server may hold a request that long before it answers 202"

@@ -24,6 +24,7 @@ from .clock import Clock
 from .config import RunConfig
 from .errors import AuthError, BatchrunError, EndpointError, RequestExpired, StatusError, cause_of
 from .faults import crash_point
+from .health import Health
 from .lifecycle import Lifecycle, Outcome, RowState, WorkItem
 from .limits import Limiter, Reservation
 from .media import MediaResolver, has_local_media
@@ -136,6 +137,9 @@ class Engine:
         self.pool.polling(endpoint)
         try:
             return await self.pollers[endpoint.key].until_final(item)
+        except AuthError as exc:
+            self.pool.failed(endpoint, exc)
+            raise
         finally:
             self.pool.polled(endpoint)
 
@@ -234,7 +238,7 @@ class Engine:
         history = History(
             tries=tries, holds_request=item.state.holds_request, has_location=bool(item.location)
         )
-        if isinstance(exc, AuthError) and not self.pool.all_out():
+        if isinstance(exc, AuthError) and self._taken_out(item):
             return self._elsewhere(item)  # its endpoint is out; others take the row
         decision = decide(exc, history, self.policy, self.parts.rng)
         if isinstance(exc, RequestExpired):
@@ -281,6 +285,17 @@ class Engine:
         except BudgetSpent as exc:
             self.request_stop(exc)
             raise _Stopped from None
+
+    def _taken_out(self, item: WorkItem) -> bool:
+        """Whether a refused key took the row's endpoint out of a pool that still has
+        others. Any other refusal (a lone endpoint's, the asset API's) stops the job."""
+        endpoint = self.pool.find(item.endpoint)
+        return (
+            len(self.pool.endpoints) > 1
+            and endpoint is not None
+            and endpoint.health.state is Health.OUT
+            and not self.pool.all_out()
+        )
 
     def _elsewhere(self, item: WorkItem) -> bool:
         """A key refused at the row's endpoint while others still work: send the row to

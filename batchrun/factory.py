@@ -96,7 +96,7 @@ def build_pool(
                 concurrency=concurrency,
             )
         )
-    return EndpointPool(endpoints, clock, monitor)
+    return EndpointPool(endpoints, clock, monitor, job_key_env=cfg.api_key_env)
 
 
 def build_engine(
@@ -118,7 +118,7 @@ def build_engine(
 
     pool = build_pool(cfg, transport_of, services.limiter, clock, monitor)
     uploader = None
-    if cfg.uses_assets() and services.assets is not None:
+    if pool.first.cfg.uses_assets() and services.assets is not None:
         uploader = AssetUploader(pool.first.client, services.assets)
     parts = EngineParts(
         pool=pool,

@@ -278,7 +278,7 @@ class Waiters:
         except asyncio.CancelledError:
             if waiter in self._queue:
                 self._queue.remove(waiter)
-            elif waiter.done():
+            elif waiter.done() and not waiter.cancelled():
                 self._woken -= 1
                 self.wake(1)  # woken but leaving: pass the turn on
             raise

@@ -31,12 +31,16 @@ from .health import EndpointHealth, Health
 from .limits import Limiter, Waiters
 from .monitor import Monitor
 from .payloads import BodyBuilder
+from .retry import LONG_WAIT_S
 from .server_limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
 # Start delays closer than this count as equal, so that load and weight decide between them.
 DELAY_RESOLUTION_S = 0.05
+# The longest pause the server's x-ratelimit-* headers may impose (retry.LONG_WAIT_S: a
+# Retry-After past it pauses the whole job, and is judged against max_pause).
+HEADER_PAUSE_MAX_S = LONG_WAIT_S
 
 
 @dataclass(eq=False)
@@ -76,7 +80,12 @@ class EndpointPool:
     """Leases endpoints to submissions; create inside the running event loop."""
 
     def __init__(
-        self, endpoints: Sequence[Endpoint], clock: Clock, monitor: Monitor | None = None
+        self,
+        endpoints: Sequence[Endpoint],
+        clock: Clock,
+        monitor: Monitor | None = None,
+        *,
+        job_key_env: str | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("a pool needs an endpoint")
@@ -84,7 +93,10 @@ class EndpointPool:
         self._clock = clock
         self._monitor = monitor
         self._by_key: dict[str, Endpoint] = {}
-        for endpoint in self.endpoints:
+        # A row filed under a base URL (an earlier release's) is polled with the job's own
+        # key when several endpoints share that URL: the key that bought it.
+        owners = sorted(self.endpoints, key=lambda e: e.cfg.api_key_env != job_key_env)
+        for endpoint in owners:
             self._by_key.setdefault(endpoint.spec.base_url.rstrip("/"), endpoint)
         self._by_key.update({endpoint.key: endpoint for endpoint in self.endpoints})
         self._single = len(self.endpoints) == 1
@@ -107,7 +119,9 @@ class EndpointPool:
     def find(self, key: str | None) -> Endpoint | None:
         """The endpoint a row was sent to (by name or base URL); None: a row of an older
         release, sent to the job's only endpoint, is the first's."""
-        return self.first if key is None else self._by_key.get(key.rstrip("/"))
+        if key is None:
+            return self.first
+        return self._by_key.get(key) or self._by_key.get(key.rstrip("/"))
 
     # ---- leasing
 
@@ -185,8 +199,11 @@ class EndpointPool:
         endpoint.concurrency.on_answer(latency_s, load, self._clock.monotonic())
         if endpoint.concurrency.limit > before:
             self._waiters.wake(endpoint.concurrency.limit - before)
-        if limits is not None and (pause := limits.pause_s()) is not None:
-            log.debug("%s: rate limit used up for %.1fs (its headers say)", endpoint.key, pause)
+        pause = limits.pause_s() if limits is not None else None
+        # A longer wait (a daily quota) is left to the 429 it brings, which retry.py weighs
+        # against max_pause: never a silent pause of hours.
+        if pause is not None and pause <= HEADER_PAUSE_MAX_S:
+            log.info("%s: its rate limit is used up; pausing it %.1fs", endpoint.key, pause)
             endpoint.limiter.pause(pause)
 
     def failed(self, endpoint: Endpoint, exc: BaseException) -> None:

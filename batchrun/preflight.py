@@ -152,7 +152,7 @@ def check_held_endpoints(cfg: RunConfig, checkpoint: Checkpoint) -> None:
     missing = {
         endpoint: n
         for endpoint, n in checkpoint.held_by_endpoint().items()
-        if endpoint is not None and endpoint not in known
+        if endpoint is not None and endpoint not in known and endpoint.rstrip("/") not in known
     }
     if missing:
         listed = ", ".join(f"{n} rows at {endpoint!r}" for endpoint, n in sorted(missing.items()))

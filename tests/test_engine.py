@@ -44,6 +44,7 @@ from batchrun.retry import POLL_RETRY_MAX_S
 from batchrun.stop import StopSignal
 
 from .engine_fakes import (
+    BASE,
     BODY,
     CHAT,
     FALLBACK,
@@ -1389,3 +1390,37 @@ def test_resumed_ids_past_max_pending_do_not_stall_the_rows_after_them(
     assert error is None
     assert checkpoint.counts() == {"done": 8}
     assert sorted(row_of(c) for c in h.transport.calls if c.method == "POST") == [4, 5, 6, 7]
+
+
+def test_a_key_refused_while_polling_stops_a_one_endpoint_job_as_before() -> None:
+    async def main() -> Harness:
+        h = make_engine(Script(problem(401, "Unauthorized", "Authentication failed")))
+        with pytest.raises(AuthError, match="NVIDIA_API_KEY"):
+            await h.run(held(request_id="id-0"))
+        return h
+
+    h = asyncio.run(guarded(main()))
+    assert h.transport.summary() == [("GET", status("id-0"))]  # polled once, not again
+    assert h.stop.is_set and isinstance(h.stop.reason, AuthError)
+    assert h.row.state is POLLING  # kept for a run with the right key
+
+
+def test_in_a_pool_a_refused_key_sends_new_rows_elsewhere_and_keeps_held_ones() -> None:
+    other = "http://127.0.0.1:9/v1"
+
+    def handler(call: Call) -> Reply:
+        if call.url.startswith(other):
+            return ok("rid-other")
+        return problem(401, "Unauthorized", "Authentication failed")
+
+    async def main() -> tuple[Harness, WorkItem, WorkItem]:
+        tables = [{"base_url": BASE}, {"base_url": other}]
+        h = make_engine(handler, endpoints=tables)
+        new, kept = new_item(0), held(1, request_id="id-1", endpoint=BASE)
+        await asyncio.gather(h.engine.run_item(new), h.engine.run_item(kept))
+        return h, new, kept
+
+    h, new, kept = asyncio.run(guarded(main()))
+    assert new.state is DONE and new.endpoint == other
+    assert kept.state is POLLING  # its answer waits at the endpoint that refused the key
+    assert not h.stop.is_set

@@ -19,9 +19,10 @@ from batchrun.endpoints import EndpointSpec, endpoint_config, endpoint_specs
 from batchrun.errors import AuthError, ConfigError, RateLimitError, ServerError, TransportError
 from batchrun.health import COOL_BASE_S, STREAK, EndpointHealth, Health
 from batchrun.identity import same_job
-from batchrun.limits import RateLimiter, RateWindow
+from batchrun.limits import RateLimiter, RateWindow, Waiters
 from batchrun.payloads import BodyBuilder
 from batchrun.pool import Endpoint, EndpointPool
+from batchrun.server_limits import read_server_limits
 
 from .engine_fakes import FakeClock
 
@@ -410,3 +411,61 @@ async def test_rows_waiting_for_a_busy_primary_go_to_the_fallback_once_it_cools(
         pool.failed(primary, TransportError("connection reset"))
     assert (await asyncio.wait_for(waiting, 1)).key == "spare"
     await pool.close()
+
+
+def test_an_endpoint_named_with_a_trailing_slash_is_found_by_its_name() -> None:
+    clock = FakeClock()
+    a = endpoint("a", clock)
+    b = Endpoint(**{**a.__dict__, "spec": EndpointSpec(base_url="http://b/v1", name="team/")})
+    pool = pool_of(a, b, clock=clock)
+    assert pool.find("team/") is b
+
+
+def test_rows_an_earlier_release_filed_by_url_poll_with_the_jobs_own_key() -> None:
+    clock = FakeClock()
+    first, own = endpoint("first", clock), endpoint("own", clock)
+    url = "https://integrate.api.nvidia.com/v1"
+    first.spec = EndpointSpec(base_url=url, name="first", api_key_env="OTHER_KEY")
+    first.cfg = build_config({}, {"base_url": url, "api_key_env": "OTHER_KEY"})
+    own.spec = EndpointSpec(base_url=url, name="own")
+    own.cfg = build_config({}, {"base_url": url})
+    pool = EndpointPool([first, own], clock, job_key_env="NVIDIA_API_KEY")
+    assert pool.find(url) is own
+
+
+@pytest.mark.parametrize(("reset", "paused"), [("2s", True), ("24h0m0s", False)])
+def test_the_servers_rate_limit_headers_pause_an_endpoint_only_briefly(
+    reset: str, paused: bool
+) -> None:
+    clock = FakeClock()
+    a = endpoint("a", clock)
+    pool = pool_of(a, clock=clock)
+    limits = read_server_limits(
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": reset}
+    )
+    pool.answered(a, 0.1, 1, limits)
+    assert (a.limiter.delay() > 1.0) is paused  # a daily quota is left to its 429
+
+
+def test_a_pool_of_local_servers_is_not_judged_as_nvidia() -> None:
+    tables = [{"base_url": "http://127.0.0.1:8001/v1"}, {"base_url": "http://127.0.0.1:8002/v1"}]
+    cfg = build_config({"endpoints": tables, "timeout": 10}, {})  # below NVIDIA's hold: fine
+    assert cfg.timeout == 10
+
+
+@in_loop
+async def test_a_cancelled_waiter_does_not_let_later_ones_jump_the_queue() -> None:
+    waiters = Waiters()
+    gone, second = (asyncio.create_task(waiters.wait()) for _ in range(2))
+    await asyncio.sleep(0)
+    gone.cancel()  # its future is cancelled now; its task has not run its handler yet
+    waiters.wake(1)  # skips the cancelled one, wakes the second
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await second
+    third = asyncio.create_task(waiters.wait())
+    await asyncio.sleep(0)
+    waiters.wake(1)
+    assert waiters.busy  # the third is woken, not run: a newcomer must queue behind it
+    await third
+    assert not waiters.busy

@@ -205,11 +205,11 @@ class CheckpointReader:
         return [PendingId(row_id, request_id) for row_id, request_id in rows]
 
     def held_by_endpoint(self) -> dict[str | None, int]:
-        """Rows whose answer an endpoint holds (a 202 id, a link, a stored answer), by the
-        endpoint that holds it (None: a row of an older release, at the job's endpoint)."""
+        """Rows whose answer an endpoint holds (a 202 id, a link; not an answer stored
+        here already), by the endpoint that holds it (None: a row of an older release)."""
         rows = self._conn.execute(
             "SELECT l.endpoint, count(*) FROM items JOIN live AS l ON l.idx = items.idx "
-            f"WHERE {OPEN} AND items.state IN (?, ?) GROUP BY l.endpoint",
+            f"WHERE {OPEN} AND items.state IN (?, ?) AND l.answer IS NULL GROUP BY l.endpoint",
             (STATE_CODES[RowState.POLLING], STATE_CODES[RowState.FETCHED]),
         ).fetchall()
         return {endpoint: int(n) for endpoint, n in rows}

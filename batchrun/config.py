@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from .body_fields import check_body_fields
 from .config_keys import VALIDATORS, load_tools_file, request_params
-from .endpoints import EndpointSpec, endpoint_config
+from .endpoints import EndpointSpec, check_endpoints_against_job
 from .errors import ConfigError
 from .paths import default_checkpoint_path, from_config_folder
 from .repeats import check_repeats
@@ -367,28 +367,9 @@ def _check_consistency(cfg: RunConfig, labels: _Labels) -> None:
         raise ConfigError(f"{labels.key('backoff_max')} must be >= backoff_base")
     if "model" in cfg.params:
         raise ConfigError(f"{labels.param('model')}: set the model with --model / model = ...")
-    nvidia = any(endpoint_config(cfg, s).is_nvidia() for s in cfg.endpoints) or (
-        not cfg.endpoints and cfg.is_nvidia()
-    )
+    nvidia = check_endpoints_against_job(cfg, labels.key)
     check_body_fields(cfg.params, labels.param, nvidia=nvidia)
     check_repeats(cfg.repeats, cfg.params, cfg.drop_params, labels.key("repeats"))
-    if cfg.engine == "ray" and cfg.endpoints:
-        raise ConfigError(
-            f"{labels.key('endpoints')}: the Ray engine sends to the job's base_url alone; "
-            'run an endpoint pool with engine = "local" (README: Endpoint pools)'
-        )
-    for spec in cfg.endpoints:
-        own = endpoint_config(cfg, spec)
-        if own.is_nvidia() and own.timeout <= own.hold_seconds:
-            raise ConfigError(
-                f"{labels.key('timeout')} ({own.timeout:g}s) must be longer than the "
-                f"hold_seconds of endpoint {spec.key} ({own.hold_seconds}s)"
-            )
-    if not cfg.endpoints and cfg.is_nvidia() and cfg.timeout <= cfg.hold_seconds:
-        raise ConfigError(
-            f"{labels.key('timeout')} ({cfg.timeout:g}s) must be longer than hold_seconds "
-            f"({cfg.hold_seconds}s): the server may hold a request that long before it answers 202"
-        )
     if cfg.max_cost is not None and "max_tokens" not in cfg.body_template():
         raise ConfigError(
             f"{labels.key('max_cost')} needs max_tokens: it bounds what each request may cost"

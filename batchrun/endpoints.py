@@ -15,7 +15,7 @@ removing one or changing its limits goes on with the same checkpoint (identity.p
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -172,3 +172,26 @@ def endpoint_config(cfg: RunConfig, spec: EndpointSpec) -> RunConfig:
         hold_seconds=spec.hold_seconds or cfg.hold_seconds,
         endpoints=(),
     )
+
+
+def check_endpoints_against_job(cfg: RunConfig, label: Callable[[str], str]) -> bool:
+    """The job's settings as each endpoint sees them, checked (`label` names a key where it
+    was set); the job's single endpoint when it has no `[[endpoints]]`. True when any
+    endpoint is NVIDIA's (whose rules then apply to the request body)."""
+    if cfg.engine == "ray" and cfg.endpoints:
+        raise ConfigError(
+            f"{label('endpoints')}: the Ray engine sends to the job's base_url alone; "
+            'run an endpoint pool with engine = "local" (README: Endpoint pools)'
+        )
+    nvidia = False
+    for spec in endpoint_specs(cfg):
+        own = endpoint_config(cfg, spec)
+        nvidia = nvidia or own.is_nvidia()
+        if own.is_nvidia() and own.timeout <= own.hold_seconds:
+            whose = f"the hold_seconds of endpoint {spec.key}" if cfg.endpoints else "hold_seconds"
+            raise ConfigError(
+                f"{label('timeout')} ({own.timeout:g}s) must be longer than {whose} "
+                f"({own.hold_seconds}s): the server may hold a request that long before it "
+                "answers 202"
+            )
+    return nvidia

@@ -129,23 +129,10 @@ class RateWindow:
     def earliest(self, now: float, tokens: int = 0) -> float:
         """When `reserve(now, tokens)` would book a start, without booking it (a pool
         compares its endpoints with this)."""
-        t = max(now, self._last, self.paused_until)
-        if self.rpm:
-            interval = self.window / (self.rpm * self.factor(t))
-            t = max(t, self._tat - (self._burst - 1) * interval)
-            if len(self._starts) == self.rpm:
-                t = max(t, self._starts[0] + self._span)
-        if self.tpm:
-            amount, total = max(0, min(tokens, self.tpm)), self._token_sum
-            for start, booked, _ in self._token_log:  # what _fit_tokens would drop, in order
-                if start > t - self._span and total + amount <= self.tpm:
-                    break
-                total -= booked
-                t = max(t, start + self._span)
-        return t
+        return self._earliest(now, tokens)[0]
 
-    def reserve(self, now: float, tokens: int = 0) -> Reservation:
-        """Book the earliest start >= now that keeps every limit, and return it."""
+    def _earliest(self, now: float, tokens: int) -> tuple[float, float]:
+        """(the earliest start >= now that keeps every limit, the GCRA spacing then)."""
         t = max(now, self._last, self.paused_until)
         interval = 0.0
         if self.rpm:
@@ -153,11 +140,25 @@ class RateWindow:
             t = max(t, self._tat - (self._burst - 1) * interval)
             if len(self._starts) == self.rpm:
                 t = max(t, self._starts[0] + self._span)
+        if self.tpm:
+            amount, total = max(0, min(tokens, self.tpm)), self._token_sum
+            # The oldest bookings leave the window until this one fits beside the rest.
+            for start, booked, _ in self._token_log:
+                if start > t - self._span and total + amount <= self.tpm:
+                    break
+                total -= booked
+                t = max(t, start + self._span)
+        return t, interval
+
+    def reserve(self, now: float, tokens: int = 0) -> Reservation:
+        """Book the earliest start >= now that keeps every limit, and return it."""
+        t, interval = self._earliest(now, tokens)
         amount = 0
         entry: list[float] | None = None
         if self.tpm:
             amount = max(0, min(tokens, self.tpm))
-            t = self._fit_tokens(t, amount)
+            while self._token_log and self._token_log[0][0] <= t - self._span:
+                self._drop_oldest()  # out of the window at t: what _earliest looked past
             entry = [t, float(amount), 1.0]  # [start, tokens, still in the log]
             self._token_log.append(entry)
             self._token_sum += amount
@@ -166,15 +167,6 @@ class RateWindow:
             self._tat = max(self._tat, t) + interval
         self._last = t
         return Reservation(t, amount, entry)
-
-    def _fit_tokens(self, t: float, amount: int) -> float:
-        assert self.tpm is not None
-        log = self._token_log
-        while log and log[0][0] <= t - self._span:
-            self._drop_oldest()
-        while log and self._token_sum + amount > self.tpm:
-            t = max(t, self._drop_oldest()[0] + self._span)
-        return t
 
     def _drop_oldest(self) -> list[float]:
         oldest = self._token_log.popleft()

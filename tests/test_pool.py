@@ -361,17 +361,30 @@ def test_endpoints_are_not_what_the_job_is() -> None:
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_earliest_is_what_reserve_books(seed: int) -> None:
-    rng = random.Random(seed)
-    window = RateWindow(rng.choice([None, 5, 30]), rng.choice([None, 2000, 10_000]), rng=rng)
-    now = 0.0
-    for _ in range(60):
-        now += rng.uniform(0, 3)
-        tokens = rng.randint(0, 3000)
-        if rng.random() < 0.05:
-            window.on_rate_limited(now, None)
-        looked = window.earliest(now, tokens)
-        assert window.reserve(now, tokens).at == looked
+def test_earliest_books_nothing(seed: int) -> None:
+    """A pool looks at every endpoint's window before each row: looking must not change
+    what is booked (reserve is earliest and then the booking)."""
+
+    def bookings(look: bool) -> list[float]:
+        rng = random.Random(seed)
+        window = RateWindow(
+            rng.choice([None, 5, 30]), rng.choice([None, 2000, 10_000]), rng=random.Random(1)
+        )
+        looks = random.Random(seed + 1000)
+        now, starts = 0.0, []
+        for _ in range(60):
+            now += rng.uniform(0, 3)
+            tokens = rng.randint(0, 3000)
+            if rng.random() < 0.05:
+                window.on_rate_limited(now, None)
+            if look:
+                for _ in range(3):
+                    window.earliest(now + looks.uniform(0, 5), looks.randint(0, 3000))
+                assert window.earliest(now, tokens) == window.earliest(now, tokens)
+            starts.append(window.reserve(now, tokens).at)
+        return starts
+
+    assert bookings(look=True) == bookings(look=False)
 
 
 @pytest.mark.parametrize("name", ["nvidia-keys.toml", "vllm-replicas.toml"])
